@@ -1,0 +1,297 @@
+"""The Pythonic API: a store of volumes, with exceptions and file objects.
+
+    import curvefuse
+    with curvefuse.open_store('/var/lib/curvefuse', create=True) as store:
+        store.create('/vm1', '10G')
+        with store.open('/vm1', 'r+b') as disk:
+            disk.write(b'hello')
+
+Errors are `curvefuse.EngineError` subclasses (`NotFoundError`, `ExistsError`, ...), each
+carrying the code Curve would return (`exc.code`) and the errno the mount would give (`exc.errno`).
+`CBDClient` is a thin adapter over this module.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from .engine import BLOCK_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_ROOT_PASSWORD, Engine, Node, VolumeHandle
+from .engine.fsck import FsckReport, fsck
+from .engine.meta import KIND_DIRECTORY
+from .errors import ExistsError, InvalidArgumentError, NotFoundError, OutOfRangeError
+
+_SIZE = re.compile(r'^\s*(\d+)\s*([kmgtp]?)(i?b)?\s*$', re.IGNORECASE)
+_UNITS = {'': 1, 'k': 2**10, 'm': 2**20, 'g': 2**30, 't': 2**40, 'p': 2**50}
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from an int or a string such as "10G", "512MiB", "4096" (binary units)."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size
+    if isinstance(size, str):
+        match = _SIZE.match(size)
+        if match:
+            return int(match.group(1)) * _UNITS[match.group(2).lower()]
+    raise InvalidArgumentError(f'not a size: {size!r} (use bytes or e.g. "10G", "512MiB")')
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What `Store.stat` and `Store.listdir` tell about a directory or volume."""
+
+    name: str
+    id: int
+    parent_id: int
+    is_dir: bool
+    length: int
+    owner: str
+    status: int
+    created: datetime
+    modified: datetime
+    original_path: str | None  # set for volumes in /RecycleBin
+
+    @classmethod
+    def from_node(cls, node: Node) -> 'Entry':
+        def when(ns: int) -> datetime:
+            return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+
+        return cls(node.name, node.id, node.parent, node.kind == KIND_DIRECTORY, node.length,
+                   node.owner, node.status, when(node.btime_ns), when(node.mtime_ns),
+                   node.extra.get('original_path'))
+
+
+def open_store(data_dir: str, *, create: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE,
+               root_password: str = DEFAULT_ROOT_PASSWORD) -> 'Store':
+    """Open (with create, make if missing) the store in data_dir as its trusted owner.
+
+    `chunk_size` and `root_password` apply only when the store is created.
+    """
+    store = Store(Engine.open(data_dir, create=create, chunk_size=chunk_size,
+                              root_password=root_password))
+    store._owns_engine = True
+    return store
+
+
+class Store:
+    """A curvefuse store, acting as one user. Thread-safe; usable as a context manager.
+
+    Get one with `open_store`; `as_user` gives views that obey Curve's owner rules.
+    """
+
+    def __init__(self, engine: Engine, user: str | None = None):
+        self._engine = engine
+        self.user = user
+        self._owns_engine = False
+
+    def as_user(self, owner: str, password: str = '') -> 'Store':
+        """A view of this store that obeys Curve's owner rules for `owner` (root needs the
+        store's root password). Closing the view does not close the store."""
+        self._engine.authenticate(owner, password)
+        return Store(self._engine, owner)
+
+    def close(self) -> None:
+        """Flush everything and close (only the `open_store` object closes the store)."""
+        if self._owns_engine:
+            self._owns_engine = False
+            self._engine.close()
+
+    def __enter__(self) -> 'Store':
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def cluster_id(self) -> str:
+        """A UUID made when the store was created (Curve's GetClusterId)."""
+        return self._engine.cluster_id
+
+    @property
+    def chunk_size(self) -> int:
+        return self._engine.chunk_size
+
+    # -- namespace ------------------------------------------------------------------------
+
+    def create(self, path: str, size: int | str, *, exist_ok: bool = False) -> Entry:
+        """A new thin volume of `size` bytes (a positive multiple of 4 KiB)."""
+        try:
+            return Entry.from_node(self._engine.create_volume(path, parse_size(size), self.user))
+        except ExistsError:
+            if exist_ok and not self.stat(path).is_dir:
+                return self.stat(path)
+            raise
+
+    def mkdir(self, path: str) -> Entry:
+        return Entry.from_node(self._engine.mkdir(path, self.user))
+
+    def stat(self, path: str) -> Entry:
+        return Entry.from_node(self._engine.stat(path, self.user))
+
+    def exists(self, path: str) -> bool:
+        try:
+            self._engine.stat(path, self.user)
+        except NotFoundError:
+            return False
+        return True
+
+    def listdir(self, path: str = '/') -> list[Entry]:
+        return [Entry.from_node(node) for node in self._engine.listdir(path, self.user)]
+
+    def remove(self, path: str) -> None:
+        """Move a volume to /RecycleBin (Curve's Unlink), or remove an empty directory."""
+        self._engine.remove(path, self.user)
+
+    def recover(self, path: str, file_id: int = 0) -> Entry:
+        """Bring a volume back from /RecycleBin to path (by id, or the newest deleted there)."""
+        return Entry.from_node(self._engine.recover(path, self.user, file_id))
+
+    def delete_forever(self, path: str) -> None:
+        """Destroy a volume in /RecycleBin and free its space (Curve's DeleteForce)."""
+        self._engine.delete_force(path, self.user)
+
+    def empty_recycle_bin(self, deleted_before: datetime | None = None) -> int:
+        before_ns = None if deleted_before is None else int(deleted_before.timestamp() * 1e9)
+        return self._engine.purge_recycle_bin(self.user, before_ns)
+
+    def rename(self, old: str, new: str) -> None:
+        self._engine.rename(old, new, self.user)
+
+    def resize(self, path: str, size: int | str) -> Entry:
+        """Grow a volume; the growth must be a multiple of 4 KiB."""
+        return Entry.from_node(self._engine.resize(path, parse_size(size), self.user))
+
+    def chown(self, path: str, owner: str) -> None:
+        self._engine.chown(path, owner, self.user)
+
+    def allocated(self, path: str) -> int:
+        """Bytes of disk a volume uses (thin: only what was written)."""
+        return self._engine.allocated_bytes(path, self.user)
+
+    def fsck(self, repair: bool = False) -> FsckReport:
+        return fsck(self._engine, repair)
+
+    # -- data -------------------------------------------------------------------------------
+
+    def open(self, path: str, mode: str = 'rb') -> 'Volume':
+        """A volume as a binary file: 'rb' to read, 'r+b' to read and write."""
+        if mode not in ('rb', 'r+b', 'rb+'):
+            raise InvalidArgumentError(f"mode must be 'rb' or 'r+b', not {mode!r}")
+        handle = self._engine.open_volume(path, self.user, writable=mode != 'rb')
+        return Volume(handle, path, mode)
+
+
+class Volume(io.RawIOBase):
+    """An open volume as an unbuffered binary file of fixed length.
+
+    Reading at the end returns b''; writing past the end raises `OutOfRangeError` (like a
+    block device's ENOSPC) and writes nothing. `flush()` makes every write before it durable
+    and visible to other processes. `pread`/`pwrite` do positional IO without moving the
+    file position and may be used from several threads at once. `handle` is the engine's
+    handle underneath: strict ranges (past the end is an error), no file position.
+    """
+
+    def __init__(self, handle: VolumeHandle, path: str, mode: str):
+        super().__init__()
+        self.handle = handle
+        self.name = path
+        self.mode = mode
+        self._pos = 0
+        self._pos_lock = threading.Lock()
+
+    # io.RawIOBase's contract
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return self.handle.writable
+
+    def seekable(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return self.handle.length()
+
+    @property
+    def size(self) -> int:
+        return self.handle.length()
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to size bytes from the current position; all the rest with -1 or None."""
+        with self._pos_lock:
+            remaining = max(0, self.size - self._pos)
+            data = self.pread(remaining if size is None or size < 0 else size, self._pos)
+            self._pos += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast('B')
+        with self._pos_lock:
+            data = self.pread(len(view), self._pos)
+            view[:len(data)] = data
+            self._pos += len(data)
+        return len(data)
+
+    def write(self, data: Any) -> int:
+        with self._pos_lock:
+            written = self.pwrite(data, self._pos)
+            self._pos += written
+        return written
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if self.closed:
+            raise ValueError('I/O operation on closed volume')
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: None}.get(whence, -1)
+        if base == -1:
+            raise InvalidArgumentError(f'invalid whence {whence}')
+        new = offset + (self.size if base is None else base)
+        if new < 0:
+            raise InvalidArgumentError('negative seek position')
+        self._pos = new
+        return new
+
+    def tell(self) -> int:
+        return self._pos
+
+    def truncate(self, size: int | None = None) -> int:
+        raise io.UnsupportedOperation('a volume has a fixed length; use Store.resize to grow it')
+
+    def flush(self) -> None:
+        if not self.closed:
+            self.handle.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self.handle.close()
+            finally:
+                super().close()
+
+    def pread(self, size: int, offset: int) -> bytes:
+        """Up to size bytes at offset (fewer at the end of the volume)."""
+        if self.closed:
+            raise ValueError('I/O operation on closed volume')
+        if not isinstance(offset, int) or offset < 0:
+            raise InvalidArgumentError(f'offset must be a non-negative integer, not {offset!r}')
+        if not isinstance(size, int) or size < 0:
+            raise InvalidArgumentError(f'size must be a non-negative integer, not {size!r}')
+        return self.handle.read(offset, min(size, max(0, self.size - offset)))
+
+    def pwrite(self, data: Any, offset: int) -> int:
+        """Write all of data at offset; nothing is written if it does not fit."""
+        if self.closed:
+            raise ValueError('I/O operation on closed volume')
+        return self.handle.write(offset, data)
+
+    def __repr__(self) -> str:
+        return f'<curvefuse.Volume {self.name!r} mode={self.mode!r}>'
+
+__all__ = ['BLOCK_SIZE', 'Entry', 'OutOfRangeError', 'Store', 'Volume', 'open_store', 'parse_size']

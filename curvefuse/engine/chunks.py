@@ -1,0 +1,176 @@
+"""ChunkStore: sparse chunk files, named by chunk id, and a cache of their file descriptors.
+
+A chunk file holds one chunk of one volume version. It is sparse: bytes never written are holes
+that read as zeros and take no disk. Files live in ``chunks/XX/<id as 16 hex digits>``, fanned out
+over 256 directories by the low byte of the id so no directory grows huge.
+
+File descriptors are cached (a chunk is opened once, not per IO) and counted while in use, so a
+descriptor is never closed while another thread still reads or writes through it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+
+from ..errors import NoSpaceError, StorageError
+
+log = logging.getLogger(__name__)
+
+_FD_CACHE_SIZE = 512
+
+
+def storage_error(exc: OSError, what: str) -> Exception:
+    """Turn an OSError from the disk into the engine's error for it."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpaceError(f'{what}: disk full')
+    return StorageError(f'{what}: {exc.strerror}', exc.errno)
+
+
+class CachedFd:
+    __slots__ = ('fd', 'users', 'evicted')
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.users = 0
+        self.evicted = False
+
+
+class ChunkStore:
+    def __init__(self, path: str):
+        self.path = path
+        self._lock = threading.Lock()
+        self._fds: OrderedDict[int, CachedFd] = OrderedDict()
+
+    @staticmethod
+    def create_layout(path: str) -> None:
+        for i in range(256):
+            os.makedirs(os.path.join(path, f'{i:02x}'), exist_ok=True)
+
+    def chunk_path(self, chunk_id: int) -> str:
+        return os.path.join(self.path, f'{chunk_id & 0xff:02x}', f'{chunk_id:016x}')
+
+    def acquire(self, chunk_id: int, create: bool = False) -> CachedFd:
+        """Pin a chunk's descriptor (opening, or with create making, the file); `release` unpins."""
+        with self._lock:
+            entry = self._fds.get(chunk_id)
+            if entry is not None:
+                self._fds.move_to_end(chunk_id)
+            else:
+                flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
+                try:
+                    entry = CachedFd(os.open(self.chunk_path(chunk_id), flags, 0o600))
+                except OSError as exc:
+                    raise storage_error(exc, f'chunk {chunk_id:x}') from exc
+                self._fds[chunk_id] = entry
+                self._evict_idle()
+            entry.users += 1
+            return entry
+
+    def release(self, entry: CachedFd) -> None:
+        with self._lock:
+            entry.users -= 1
+            if entry.evicted and entry.users == 0:
+                os.close(entry.fd)
+
+    def _evict_idle(self) -> None:
+        while len(self._fds) > _FD_CACHE_SIZE:
+            _, victim = self._fds.popitem(last=False)
+            self._drop(victim)
+
+    @staticmethod
+    def _drop(entry: CachedFd) -> None:
+        entry.evicted = True
+        if entry.users == 0:
+            os.close(entry.fd)
+
+    def create(self, chunk_id: int) -> None:
+        """Make an empty chunk file (the id is new, so it must not exist yet)."""
+        self.release(self.acquire(chunk_id, create=True))
+
+    def pread(self, chunk_id: int, length: int, offset: int) -> bytes:
+        """Read; a chunk file is shorter than a chunk where its tail was never written."""
+        entry = self.acquire(chunk_id)
+        try:
+            data = os.pread(entry.fd, length, offset)
+        except OSError as exc:
+            raise storage_error(exc, f'reading chunk {chunk_id:x}') from exc
+        finally:
+            self.release(entry)
+        if len(data) < length:
+            data += bytes(length - len(data))
+        return data
+
+    @staticmethod
+    def pwrite(entry: CachedFd, data: bytes | memoryview, offset: int) -> None:
+        """Write all of data through a pinned descriptor."""
+        try:
+            written = os.pwrite(entry.fd, data, offset)
+            while written < len(data):
+                written += os.pwrite(entry.fd, data[written:], offset + written)
+        except OSError as exc:
+            raise storage_error(exc, 'writing a chunk') from exc
+
+    def fsync(self, chunk_id: int) -> None:
+        entry = self.acquire(chunk_id)
+        try:
+            os.fsync(entry.fd)
+        except OSError as exc:
+            raise storage_error(exc, f'syncing chunk {chunk_id:x}') from exc
+        finally:
+            self.release(entry)
+
+    def fsync_dirs_of(self, chunk_ids: set[int]) -> None:
+        """Make the names of newly created chunk files durable."""
+        for low in {cid & 0xff for cid in chunk_ids}:
+            fd = os.open(os.path.join(self.path, f'{low:02x}'), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def remove(self, chunk_id: int) -> None:
+        """Delete a chunk file whose mapping is gone (missing already is fine: a retry)."""
+        with self._lock:
+            entry = self._fds.pop(chunk_id, None)
+            if entry is not None:
+                self._drop(entry)
+        try:
+            os.unlink(self.chunk_path(chunk_id))
+        except FileNotFoundError:
+            pass
+
+    def allocated_bytes(self, chunk_id: int) -> int:
+        """Disk actually used by a chunk (holes excluded)."""
+        try:
+            return os.stat(self.chunk_path(chunk_id)).st_blocks * 512
+        except FileNotFoundError:
+            return 0
+
+    def exists(self, chunk_id: int) -> bool:
+        return os.path.exists(self.chunk_path(chunk_id))
+
+    def size(self, chunk_id: int) -> int:
+        return os.stat(self.chunk_path(chunk_id)).st_size
+
+    def all_files(self) -> Iterator[tuple[int | None, str]]:
+        """(chunk id, path) of every file in the chunk store; id None for a name not ours."""
+        for sub in sorted(os.listdir(self.path)):
+            for name in os.listdir(os.path.join(self.path, sub)):
+                path = os.path.join(self.path, sub, name)
+                try:
+                    chunk_id = int(name, 16)
+                except ValueError:
+                    chunk_id = None
+                if chunk_id is not None and path != self.chunk_path(chunk_id):
+                    chunk_id = None
+                yield chunk_id, path
+
+    def close(self) -> None:
+        with self._lock:
+            while self._fds:
+                self._drop(self._fds.popitem()[1])

@@ -1,0 +1,200 @@
+"""fsck: check every invariant of a store, and repair what can be repaired without guessing.
+
+Findings come in two grades, as in ``qemu-img check``:
+
+- *corruption*: metadata that contradicts itself or points at data that is not there (a mapping to
+  a missing chunk, a directory entry without its node, a node nobody can reach). Reads may be
+  wrong. Not repaired automatically: a human decides.
+- *leak*: space used by nothing (a chunk file no mapping names, a reservation of a dead process).
+  Harmless but wasteful; ``repair=True`` frees it. A crash between writing a chunk and committing
+  its mapping leaves exactly this.
+
+Safe to run while other processes use the store: it reads one consistent LMDB snapshot, treats
+unreferenced chunks inside a live process's reserved id range as in flight, and re-checks every
+finding against a fresh snapshot before reporting it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import lmdb
+
+from .meta import (DIRENT_PREFIX, KIND_VOLUME, RECYCLE_ID, ROOT_ID, U64, Node, decode_map_key,
+                   decode_name)
+from .store import Engine
+from .volumes import decode_reserved_key, process_alive
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FsckReport:
+    corruption: list[str] = field(default_factory=list)
+    leaks: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    volumes: int = 0
+    directories: int = 0
+    chunks: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not self.corruption and not self.leaks
+
+    @property
+    def exit_code(self) -> int:
+        """0 clean, 2 corruption, 3 leaks only (qemu-img check's codes)."""
+        if self.corruption:
+            return 2
+        return 3 if self.leaks else 0
+
+    def summary(self) -> str:
+        state = ('clean' if self.clean else
+                 f'{len(self.corruption)} corruption(s), {len(self.leaks)} leak(s)')
+        return (f'{self.directories} directories, {self.volumes} volumes, {self.chunks} chunks: '
+                f'{state}' + (f'; repaired {len(self.repaired)}' if self.repaired else ''))
+
+
+class _Checker:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.meta = engine.meta
+        self.report = FsckReport()
+
+    def run(self, repair: bool) -> FsckReport:
+        with self.meta.read() as txn:
+            nodes = self._check_nodes(txn)
+            referenced = self._check_chunkmap(txn, nodes)
+            live_ranges, dead_reservations = self._reservations(txn)
+        self._check_chunk_files(referenced, live_ranges, dead_reservations, repair)
+        return self.report
+
+    def _corrupt(self, message: str) -> None:
+        log.error('fsck: %s', message)
+        self.report.corruption.append(message)
+
+    def _check_nodes(self, txn: lmdb.Transaction) -> dict[int, Node]:
+        nodes = {U64.unpack(k)[0]: Node.decode(U64.unpack(k)[0], v)
+                 for k, v in self.meta.iter_db(txn, 'nodes')}
+        node_counter = U64.unpack(txn.get(b'node', db=self.meta.db['counters']))[0]
+        for fixed in (ROOT_ID, RECYCLE_ID):
+            if fixed not in nodes or not nodes[fixed].is_dir:
+                self._corrupt(f'built-in directory {fixed} is missing')
+        named: set[int] = set()
+        for key, value in self.meta.iter_db(txn, 'dirents'):
+            parent = DIRENT_PREFIX.unpack_from(key)[0]
+            name = decode_name(bytes(key[DIRENT_PREFIX.size:]))
+            child = U64.unpack(value)[0]
+            node = nodes.get(child)
+            if node is None:
+                self._corrupt(f'entry {name!r} in directory {parent} names missing node {child}')
+            elif (node.parent, node.name) != (parent, name):
+                self._corrupt(f'entry {name!r} in {parent} names node {child}, which says it is '
+                              f'{node.name!r} in {node.parent}')
+            elif child in named:
+                self._corrupt(f'node {child} has two names')
+            if parent not in nodes or not nodes[parent].is_dir:
+                self._corrupt(f'entry {name!r} lives in {parent}, which is not a directory')
+            named.add(child)
+        for node in nodes.values():
+            if node.id >= node_counter:
+                self._corrupt(f'node {node.id} is beyond the id counter {node_counter}')
+            if node.id != ROOT_ID and node.id not in named:
+                self._corrupt(f'node {node.id} ({node.name!r}) has no directory entry')
+            if node.is_dir:
+                self.report.directories += 1
+            else:
+                self.report.volumes += 1
+            if not self._reaches_root(node, nodes):
+                self._corrupt(f'node {node.id} ({node.name!r}) is not reachable from /')
+        return nodes
+
+    @staticmethod
+    def _reaches_root(node: Node, nodes: dict[int, Node]) -> bool:
+        seen = set()
+        while node.id != ROOT_ID:
+            if node.id in seen or node.parent not in nodes:
+                return False
+            seen.add(node.id)
+            node = nodes[node.parent]
+        return True
+
+    def _check_chunkmap(self, txn: lmdb.Transaction, nodes: dict[int, Node]) -> dict[int, str]:
+        """Check every mapping; returns chunk id -> a description of its one user."""
+        referenced: dict[int, str] = {}
+        size = self.engine.chunk_size
+        for key, value in self.meta.iter_db(txn, 'chunkmap'):
+            vol, idx, seq = decode_map_key(key)
+            chunk_id = U64.unpack(value)[0]
+            where = f'volume {vol} chunk {idx} (seq {seq})'
+            self.report.chunks += 1
+            node = nodes.get(vol)
+            if node is None or node.kind != KIND_VOLUME:
+                self._corrupt(f'{where}: mapped for a volume that does not exist')
+            elif idx * size >= node.length:
+                self._corrupt(f'{where}: beyond the end of the volume ({node.length})')
+            elif seq > node.seq:
+                self._corrupt(f'{where}: newer than the volume (seq {node.seq})')
+            if chunk_id in referenced:
+                self._corrupt(f'{where}: chunk {chunk_id:x} also used by {referenced[chunk_id]}')
+            referenced[chunk_id] = where
+            if not self.engine.chunks.exists(chunk_id):
+                if self._still_mapped_and_missing(key, chunk_id):
+                    self._corrupt(f'{where}: chunk file {chunk_id:x} is missing')
+            elif self.engine.chunks.size(chunk_id) > size:
+                self._corrupt(f'{where}: chunk file {chunk_id:x} is longer than a chunk')
+        return referenced
+
+    def _still_mapped_and_missing(self, key: bytes, chunk_id: int) -> bool:
+        """Re-check with a fresh snapshot: another process may have freed it meanwhile."""
+        with self.meta.read() as txn:
+            still = txn.get(key, db=self.meta.db['chunkmap']) == U64.pack(chunk_id)
+        return still and not self.engine.chunks.exists(chunk_id)
+
+    def _reservations(self, txn: lmdb.Transaction) -> tuple[list[range], list[bytes]]:
+        live, dead = [], []
+        for key, value in self.meta.iter_db(txn, 'reserved'):
+            pid, ticks, first = decode_reserved_key(key)
+            if process_alive(pid, ticks):
+                live.append(range(first, U64.unpack(value)[0]))
+            else:
+                dead.append(bytes(key))
+        return live, dead
+
+    def _check_chunk_files(self, referenced: dict[int, str], live_ranges: list[range],
+                           dead_reservations: list[bytes], repair: bool) -> None:
+        fixes: list[tuple[str, Callable[[], None]]] = []
+        unreferenced = [(chunk_id, path) for chunk_id, path in self.engine.chunks.all_files()
+                        if chunk_id is None or (chunk_id not in referenced and
+                                                not any(chunk_id in r for r in live_ranges))]
+        if unreferenced:
+            # Mappings committed after our snapshot (by a process that has since exited).
+            with self.meta.read() as txn:
+                now_referenced = {U64.unpack(v)[0] for _k, v in self.meta.iter_db(txn, 'chunkmap')}
+        for chunk_id, path in unreferenced:
+            if chunk_id is not None and chunk_id in now_referenced:
+                continue
+            fixes.append((f'unreferenced chunk file {os.path.relpath(path, self.engine.data_dir)}',
+                          lambda path=path: os.unlink(path)))
+        for key in dead_reservations:
+            pid, _ticks, first = decode_reserved_key(key)
+            fixes.append((f'reservation of chunk ids from {first:x} by dead process {pid}',
+                          lambda key=key: self.meta.write(
+                              lambda txn: txn.delete(key, db=self.meta.db['reserved']))))
+        for message, fix in fixes:
+            if repair:
+                fix()
+                self.report.repaired.append(message)
+                log.info('fsck repaired: %s', message)
+            else:
+                log.warning('fsck: leak: %s', message)
+                self.report.leaks.append(message)
+
+
+def fsck(engine: Engine, repair: bool = False) -> FsckReport:
+    """Check the store behind `engine`; with repair, free the leaks found."""
+    return _Checker(engine).run(repair)
+

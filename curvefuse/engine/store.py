@@ -1,0 +1,595 @@
+"""Engine: one store, opened once per process, with Curve's namespace rules.
+
+Every public method is synchronous and thread-safe. Paths are Curve paths: absolute, ``/``-separated,
+no trailing ``/``, no empty, ``.`` or ``..`` component, no NUL, components of at most 255 bytes.
+
+`user` is who asks. ``None`` means a trusted local caller (the mount, the CLI) and skips owner checks;
+``"root"`` is Curve's superuser (the door has already checked the root password with
+`authenticate`); any other name may touch only its own entries, as Curve's MDS checks them:
+every directory on the way (``/`` excepted) and the target must be owned by that user.
+Ownership is a convention enforced at the doors, not a security boundary: whoever can read
+DATA_DIR can read every volume.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import lmdb
+
+from ..errors import (AccessError, BadHandleError, BadLengthError, BusyError, ExistsError,
+                      ExtentUnitError, FormatError, InvalidArgumentError, IsDirectoryError,
+                      NameTooLongError, NotDirectoryError, NotEmptyError, NotFoundError,
+                      NotSupportedError, ReadOnlyError, ShrinkError)
+from .chunks import ChunkStore
+from .meta import (FIRST_USER_ID, FORMAT_VERSION, KIND_DIRECTORY, KIND_VOLUME, RECYCLE_ID,
+                   ROOT_ID, U64, MetaStore, Node)
+from .opens import OpenRegistry
+from .volumes import DataPath
+
+log = logging.getLogger(__name__)
+
+ROOT_USER = 'root'
+DEFAULT_ROOT_PASSWORD = 'root_password'  # Curve's mds.conf default
+RECYCLE_NAME = 'RecycleBin'
+DEFAULT_CHUNK_SIZE = 4 * 2**20
+BLOCK_SIZE = 4096
+MAX_VOLUME_LENGTH = 2**50  # 1 PiB
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4096
+STATUS_CREATED = 0
+
+
+def split_path(path: object) -> list[str]:
+    """The components of a valid Curve path; InvalidArgumentError for anything else."""
+    if not isinstance(path, str):
+        raise InvalidArgumentError(f'path must be a string, not {type(path).__name__}')
+    if not path.startswith('/'):
+        raise InvalidArgumentError(f'path must be absolute: {path!r}')
+    if '\0' in path:
+        raise InvalidArgumentError('path contains a NUL byte')
+    if len(path.encode('utf-8', 'surrogateescape')) > MAX_PATH_BYTES:
+        raise NameTooLongError(f'path longer than {MAX_PATH_BYTES} bytes')
+    if path == '/':
+        return []
+    parts = path[1:].split('/')
+    for part in parts:
+        check_name(part, path)
+    return parts
+
+
+def check_name(name: str, context: str | None = None) -> None:
+    where = f' in {context!r}' if context else ''
+    if name in ('', '.', '..'):
+        raise InvalidArgumentError(f'empty, "." or ".." component{where}')
+    if '/' in name or '\0' in name:
+        raise InvalidArgumentError(f'name {name!r} contains "/" or NUL')
+    if len(name.encode('utf-8', 'surrogateescape')) > MAX_NAME_BYTES:
+        raise NameTooLongError(f'name longer than {MAX_NAME_BYTES} bytes{where}')
+
+
+def check_user(user: object) -> None:
+    if user is None:
+        return
+    if not isinstance(user, str):
+        raise InvalidArgumentError(f'user must be a string, not {type(user).__name__}')
+    if not user:
+        raise AccessError('empty user name')
+    if '\0' in user or len(user.encode('utf-8', 'surrogateescape')) > MAX_NAME_BYTES:
+        raise InvalidArgumentError('user name contains NUL or is longer than 255 bytes')
+
+
+def check_length(length: object, aligned: bool = True) -> int:
+    """A valid volume length: an int in [0, 1 PiB]; with aligned, a positive multiple of 4 KiB."""
+    if not isinstance(length, int) or isinstance(length, bool):
+        raise InvalidArgumentError(f'length must be an integer, not {type(length).__name__}')
+    if length < 0 or length > MAX_VOLUME_LENGTH:
+        raise BadLengthError(f'length {length} outside [0, {MAX_VOLUME_LENGTH}]')
+    if aligned and (length == 0 or length % BLOCK_SIZE):
+        raise BadLengthError(f'length {length} is not a positive multiple of {BLOCK_SIZE}')
+    return length
+
+
+def _privileged(user: str | None) -> bool:
+    return user is None or user == ROOT_USER
+
+
+def _check_owner(node: Node, user: str | None) -> None:
+    if _privileged(user):
+        return
+    if node.id == ROOT_ID or node.owner != user:
+        raise AccessError(f'{node.name or "/"} is not owned by {user}')
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    parent: Node
+    name: str
+    node: Node | None
+
+
+class Engine:
+    """The facade every door uses. Get one with `Engine.open`; `close` when done."""
+
+    _registry: dict[tuple[int, str], 'Engine'] = {}
+    _registry_lock = threading.Lock()
+
+    def __init__(self, data_dir: str, create: bool, chunk_size: int, root_password: str):
+        self.data_dir = data_dir
+        meta_dir = os.path.join(data_dir, 'meta')
+        chunk_dir = os.path.join(data_dir, 'chunks')
+        if create:
+            os.makedirs(meta_dir, exist_ok=True)
+            ChunkStore.create_layout(chunk_dir)
+        elif not os.path.isdir(meta_dir):
+            raise FormatError(f'{data_dir} is not a curvefuse store')
+        self.meta = MetaStore(meta_dir, create=create)
+        try:
+            if create:
+                config = self.meta.write(
+                    lambda txn: self._initialize(txn, chunk_size, root_password))
+            else:
+                with self.meta.read() as txn:
+                    config = self._read_config(txn)
+        except Exception:
+            self.meta.close()
+            raise
+        self.chunk_size = int(config['chunk_size'])
+        self.cluster_id = config['cluster_id']
+        self._root_password = config['root_password']
+        self.chunks = ChunkStore(chunk_dir)
+        self.opens = OpenRegistry(os.path.join(data_dir, 'opens.lock'))
+        self.data = DataPath(self.meta, self.chunks, self.chunk_size)
+        self._users = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, data_dir: str, create: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE,
+             root_password: str = DEFAULT_ROOT_PASSWORD) -> 'Engine':
+        """The process's engine for data_dir (LMDB allows one environment per process).
+
+        With create, a missing store is made with the given chunk size and root password; an
+        existing store keeps its own settings.
+        """
+        if chunk_size <= 0 or chunk_size % BLOCK_SIZE or chunk_size & (chunk_size - 1):
+            raise InvalidArgumentError('chunk size must be a power of two, at least 4 KiB')
+        real = os.path.realpath(data_dir)
+        key = (os.getpid(), real)
+        with cls._registry_lock:
+            engine = cls._registry.get(key)
+            if engine is None:
+                engine = cls(real, create, chunk_size, root_password)
+                cls._registry[key] = engine
+            engine._users += 1
+            return engine
+
+    def close(self) -> None:
+        """Give back this reference; the last one flushes everything and closes the store."""
+        with self._registry_lock:
+            self._users -= 1
+            if self._users > 0:
+                return
+            self._registry.pop((os.getpid(), self.data_dir), None)
+        try:
+            self.data.flush_all()
+            self.data.drop_reservations()
+        finally:
+            self.chunks.close()
+            self.meta.close()
+
+    def _initialize(self, txn: lmdb.Transaction, chunk_size: int,
+                    root_password: str) -> dict[str, str]:
+        if self.meta.get_config(txn, 'format') is not None:
+            return self._read_config(txn)
+        now = time.time_ns()
+        for node_id, name, parent in ((ROOT_ID, '', ROOT_ID), (RECYCLE_ID, RECYCLE_NAME, ROOT_ID)):
+            self.meta.put_node(txn, Node(node_id, KIND_DIRECTORY, STATUS_CREATED, parent, 0, 1,
+                                         now, now, now, name=name, owner=ROOT_USER))
+        self.meta.link(txn, ROOT_ID, RECYCLE_NAME, RECYCLE_ID)
+        counters = self.meta.db['counters']
+        txn.put(b'node', U64.pack(FIRST_USER_ID), db=counters)
+        txn.put(b'chunk', U64.pack(1), db=counters)  # 0 is never a chunk id
+        for key, value in (('chunk_size', str(chunk_size)), ('cluster_id', str(uuid.uuid4())),
+                           ('root_password', root_password), ('format', str(FORMAT_VERSION))):
+            self.meta.put_config(txn, key, value)
+        log.info('created store %s (chunk size %d)', self.data_dir, chunk_size)
+        return self._read_config(txn)
+
+    def _read_config(self, txn: lmdb.Transaction) -> dict[str, str]:
+        found = self.meta.get_config(txn, 'format')
+        if found is None:
+            raise FormatError(f'{self.data_dir} is not a curvefuse store (no format version)')
+        if found != str(FORMAT_VERSION):
+            raise FormatError(f'{self.data_dir} has store format {found}; this curvefuse '
+                              f'reads format {FORMAT_VERSION}')
+        return {key: self.meta.get_config(txn, key)
+                for key in ('chunk_size', 'cluster_id', 'root_password')}
+
+    def authenticate(self, owner: object, password: object) -> None:
+        """Curve's rule: root must give the store's root password; others' passwords are unused."""
+        check_user(owner)
+        if owner is None:
+            raise AccessError('no user given')
+        if owner == ROOT_USER:
+            given = password if isinstance(password, str) else ''
+            if not hmac.compare_digest(given.encode(), self._root_password.encode()):
+                raise AccessError('wrong root password')
+
+    def set_root_password(self, password: str) -> None:
+        if not isinstance(password, str) or not password:
+            raise InvalidArgumentError('the root password must be a non-empty string')
+        self.meta.write(lambda txn: self.meta.put_config(txn, 'root_password', password))
+        self._root_password = password
+
+    # -- resolution -----------------------------------------------------------------------
+
+    def _node(self, txn: lmdb.Transaction, node_id: int) -> Node:
+        node = self.meta.get_node(txn, node_id)
+        if node is None:
+            raise NotFoundError(f'node {node_id} does not exist')
+        return node
+
+    def _resolve(self, txn: lmdb.Transaction, path: object, user: str | None) -> _Resolved:
+        """Walk to path's parent, checking each directory on the way as Curve does."""
+        check_user(user)
+        parts = split_path(path)
+        root = self._node(txn, ROOT_ID)
+        if not parts:
+            return _Resolved(root, '', root)
+        current = root
+        for name in parts[:-1]:
+            child_id = self.meta.lookup(txn, current.id, name)
+            if child_id is None:
+                raise NotFoundError(f'{path}: no such directory {name!r}')
+            current = self._node(txn, child_id)
+            if not current.is_dir:
+                if _privileged(user):
+                    raise NotFoundError(f'{path}: {name!r} is not a directory')
+                raise NotDirectoryError(f'{path}: {name!r} is not a directory')
+            _check_owner(current, user)
+        child_id = self.meta.lookup(txn, current.id, parts[-1])
+        return _Resolved(current, parts[-1],
+                         None if child_id is None else self._node(txn, child_id))
+
+    def _existing(self, txn: lmdb.Transaction, path: object, user: str | None) -> Node:
+        found = self._resolve(txn, path, user)
+        if found.node is None:
+            raise NotFoundError(f'{path}: no such file or directory')
+        _check_owner(found.node, user)
+        return found.node
+
+    def _touch(self, txn: lmdb.Transaction, node: Node, now: int) -> None:
+        node.mtime_ns = node.ctime_ns = now
+        self.meta.put_node(txn, node)
+
+    def path_of(self, node_id: int) -> str:
+        """The current path of a node (for messages and FileInfo)."""
+        with self.meta.read() as txn:
+            parts = []
+            node = self._node(txn, node_id)
+            while node.id != ROOT_ID:
+                parts.append(node.name)
+                node = self._node(txn, node.parent)
+        return '/' + '/'.join(reversed(parts))
+
+    # -- reading the namespace ----------------------------------------------------------
+
+    def stat(self, path: str, user: str | None = None) -> Node:
+        with self.meta.read() as txn:
+            return self._existing(txn, path, user)
+
+    def listdir(self, path: str, user: str | None = None) -> list[Node]:
+        with self.meta.read() as txn:
+            node = self._existing(txn, path, user)
+            if not node.is_dir:
+                raise NotDirectoryError(f'{path} is a volume, not a directory')
+            return [self._node(txn, child) for _name, child in self.meta.entries(txn, node.id)]
+
+    # -- changing the namespace -----------------------------------------------------------
+
+    def _new_entry(self, path: str, user: str | None, kind: int, length: int,
+                   owner: str | None) -> Node:
+        owner = owner if owner is not None else (user or ROOT_USER)
+        check_user(owner)
+
+        def create(txn: lmdb.Transaction) -> Node:
+            found = self._resolve(txn, path, user)
+            if found.node is not None:
+                raise ExistsError(f'{path} exists')
+            if found.parent.id == RECYCLE_ID:
+                raise NotSupportedError('nothing can be created inside /RecycleBin')
+            now = time.time_ns()
+            node = Node(self.meta.next_id(txn, 'node'), kind, STATUS_CREATED, found.parent.id,
+                        length, 1, now, now, now, name=found.name, owner=owner)
+            self.meta.put_node(txn, node)
+            self.meta.link(txn, found.parent.id, found.name, node.id)
+            self._touch(txn, found.parent, now)
+            return node
+
+        return self.meta.write(create)
+
+    def mkdir(self, path: str, user: str | None = None, owner: str | None = None) -> Node:
+        return self._new_entry(path, user, KIND_DIRECTORY, 0, owner)
+
+    def create_volume(self, path: str, length: int, user: str | None = None,
+                      owner: str | None = None, aligned: bool = True) -> Node:
+        """A new thin volume. `aligned` asks for the client doors' rule (see `check_length`)."""
+        return self._new_entry(path, user, KIND_VOLUME, check_length(length, aligned), owner)
+
+    def _ensure_can_change(self, node: Node) -> None:
+        """Curve's CheckFileCanChange for a volume: refused while any door has it open."""
+        if not node.is_dir and self.opens.is_open(node.id):
+            raise BusyError(f'{node.name} is open')
+
+    def _recycle(self, txn: lmdb.Transaction, node: Node, original_path: str, now: int) -> None:
+        """Move a volume into /RecycleBin as "<name>-<id>", remembering where it was."""
+        suffix = f'-{node.id}'
+        base = node.name.encode('utf-8', 'surrogateescape')[:MAX_NAME_BYTES - len(suffix)]
+        self.meta.unlink(txn, node.parent, node.name)
+        node.parent, node.name = RECYCLE_ID, base.decode('utf-8', 'ignore') + suffix
+        node.extra.update(original_path=original_path, deleted_ns=now)
+        node.ctime_ns = now
+        self.meta.link(txn, RECYCLE_ID, node.name, node.id)
+        self.meta.put_node(txn, node)
+
+    def remove(self, path: str, user: str | None = None) -> None:
+        """Curve's Unlink (and Rmdir): an empty directory goes at once, a volume into the
+        recycle bin; a volume already in the recycle bin is destroyed."""
+        def remove(txn: lmdb.Transaction) -> int | None:
+            node = self._existing(txn, path, user)
+            now = time.time_ns()
+            if node.id in (ROOT_ID, RECYCLE_ID):
+                raise InvalidArgumentError(f'{path} cannot be removed')
+            parent = self._node(txn, node.parent)
+            if node.is_dir:
+                if self.meta.has_entries(txn, node.id):
+                    raise NotEmptyError(f'{path} is not empty')
+                self.meta.unlink(txn, node.parent, node.name)
+                txn.delete(U64.pack(node.id), db=self.meta.db['nodes'])
+                self._touch(txn, parent, now)
+                return None
+            self._ensure_can_change(node)
+            if node.parent == RECYCLE_ID:
+                return self._destroy_meta(txn, node)
+            self._recycle(txn, node, path, now)
+            self._touch(txn, parent, now)
+            return None
+
+        destroyed = self.meta.write(remove)
+        if destroyed is not None:
+            self._destroy_chunks(destroyed)
+
+    def delete_force(self, path: str, user: str | None = None) -> None:
+        """Destroy a volume in the recycle bin and free its space (Curve's DeleteForce)."""
+        def delete(txn: lmdb.Transaction) -> int:
+            node = self._existing(txn, path, user)
+            if node.parent != RECYCLE_ID or node.is_dir:
+                raise NotSupportedError(f'{path}: only volumes in /RecycleBin can be force-deleted')
+            self._ensure_can_change(node)
+            return self._destroy_meta(txn, node)
+
+        self._destroy_chunks(self.meta.write(delete))
+
+    def _destroy_meta(self, txn: lmdb.Transaction, node: Node) -> int:
+        """Drop a volume's node, name and chunk mappings; its chunk files go after the commit."""
+        self.meta.unlink(txn, node.parent, node.name)
+        txn.delete(U64.pack(node.id), db=self.meta.db['nodes'])
+        self._touch(txn, self._node(txn, node.parent), time.time_ns())
+        return node.id
+
+    def _destroy_chunks(self, vol: int) -> None:
+        with self.data.flush_lock:
+            doomed = self.data.forget_volume(vol)
+            with self.meta.read() as txn:
+                doomed += [cid for _i, _s, cid in self.meta.volume_chunks(txn, vol)]
+
+            def unmap(txn: lmdb.Transaction) -> None:
+                cur = txn.cursor(db=self.meta.db['chunkmap'])
+                prefix = U64.pack(vol)
+                if cur.set_range(prefix):
+                    while cur.key().startswith(prefix) and cur.delete():
+                        pass
+
+            self.meta.write(unmap)
+        for chunk_id in doomed:
+            self.chunks.remove(chunk_id)
+        log.info('destroyed volume %d (%d chunks freed)', vol, len(doomed))
+
+    def purge_recycle_bin(self, user: str | None = None,
+                          deleted_before_ns: int | None = None) -> int:
+        """Destroy recycled volumes (all, or those deleted before a time); how many went."""
+        count = 0
+        for node in self.listdir('/' + RECYCLE_NAME, user):
+            if deleted_before_ns is None or node.extra.get('deleted_ns', 0) < deleted_before_ns:
+                self.delete_force(f'/{RECYCLE_NAME}/{node.name}', user)
+                count += 1
+        return count
+
+    def recover(self, path: str, user: str | None = None, file_id: int = 0) -> Node:
+        """Curve's Recover: the recycled volume with file_id, else the newest one deleted from
+        path, back at path."""
+        if not isinstance(file_id, int) or isinstance(file_id, bool) or file_id < 0:
+            raise InvalidArgumentError('file id must be a non-negative integer')
+
+        def recover(txn: lmdb.Transaction) -> Node:
+            target = self._resolve(txn, path, user)
+            recycled = [self._node(txn, child) for _n, child in self.meta.entries(txn, RECYCLE_ID)]
+            chosen = next((n for n in recycled if file_id and n.id == file_id), None)
+            if chosen is None:
+                matching = [n for n in recycled if n.extra.get('original_path') == path]
+                if not matching:
+                    raise NotFoundError(f'nothing deleted from {path} is in the recycle bin')
+                chosen = max(matching, key=lambda n: n.extra.get('deleted_ns', 0))
+            _check_owner(chosen, user)
+            if target.node is not None:
+                raise ExistsError(f'{path} exists')
+            if target.parent.id == RECYCLE_ID:
+                raise NotSupportedError('cannot recover into /RecycleBin')
+            self._move(txn, chosen, target.parent, target.name)
+            return chosen
+
+        return self.meta.write(recover)
+
+    def _move(self, txn: lmdb.Transaction, node: Node, parent: Node, name: str) -> None:
+        now = time.time_ns()
+        old_parent = self._node(txn, node.parent)
+        self.meta.unlink(txn, node.parent, node.name)
+        self._touch(txn, old_parent, now)
+        if parent.id == old_parent.id:
+            parent = old_parent
+        node.parent, node.name, node.ctime_ns = parent.id, name, now
+        for key in ('original_path', 'deleted_ns'):
+            node.extra.pop(key, None)
+        self.meta.link(txn, parent.id, name, node.id)
+        self.meta.put_node(txn, node)
+        self._touch(txn, parent, now)
+
+    def rename(self, old: str, new: str, user: str | None = None) -> None:
+        """Curve's Rename: across directories; over an existing volume, which goes to the
+        recycle bin. Directories may be renamed too (Curve refuses; see the README)."""
+        old_parts, new_parts = split_path(old), split_path(new)
+        if not old_parts or not new_parts:
+            raise InvalidArgumentError('/ cannot be renamed')
+        shorter = min(len(old_parts), len(new_parts))
+        if old_parts != new_parts and old_parts[:shorter] == new_parts[:shorter]:
+            raise InvalidArgumentError(f'{old} and {new}: one contains the other')
+        if old_parts == new_parts:
+            raise ExistsError(f'{old} and {new} are the same')
+
+        def rename(txn: lmdb.Transaction) -> None:
+            node = self._existing(txn, old, user)
+            if node.id == RECYCLE_ID:
+                raise InvalidArgumentError('/RecycleBin cannot be renamed')
+            self._ensure_can_change(node)
+            target = self._resolve(txn, new, user)
+            if target.parent.id == RECYCLE_ID:
+                raise NotSupportedError('remove a volume to put it in /RecycleBin')
+            if target.node is not None:
+                if target.node.is_dir or node.is_dir:
+                    raise ExistsError(f'{new} exists')
+                _check_owner(target.node, user)
+                self._ensure_can_change(target.node)
+                self._recycle(txn, target.node, new, time.time_ns())
+            self._move(txn, node, target.parent, target.name)
+
+        self.meta.write(rename)
+
+    def resize(self, path: str, length: int, user: str | None = None,
+               aligned: bool = True) -> Node:
+        """Grow a volume (Curve's Extend). Shrinking is refused."""
+        def resize(txn: lmdb.Transaction) -> Node:
+            node = self._existing(txn, path, user)
+            if node.is_dir:
+                raise IsDirectoryError(f'{path} is a directory')
+            check_length(length, aligned=False)
+            if length < node.length:
+                raise ShrinkError(f'{path}: {length} is smaller than {node.length}')
+            if aligned and (length - node.length) % BLOCK_SIZE:
+                raise ExtentUnitError(f'growth by {length - node.length} is not a multiple '
+                                      f'of {BLOCK_SIZE}')
+            if length != node.length:
+                node.length = length
+                self._touch(txn, node, time.time_ns())
+            return node
+
+        return self.meta.write(resize)
+
+    def chown(self, path: str, new_owner: str, user: str | None = None) -> None:
+        """Curve's ChangeOwner: root only; an open volume or a non-empty directory refuses."""
+        if not _privileged(user):
+            check_user(user)
+            raise AccessError('only root may change owners')
+        check_user(new_owner)
+        if new_owner is None:
+            raise InvalidArgumentError('no new owner given')
+
+        def chown(txn: lmdb.Transaction) -> None:
+            node = self._existing(txn, path, user)
+            if node.owner == new_owner:
+                return
+            if node.id in (ROOT_ID, RECYCLE_ID):
+                raise InvalidArgumentError(f'{path} always belongs to root')
+            if node.is_dir and self.meta.has_entries(txn, node.id):
+                raise NotEmptyError(f'{path} is not empty')
+            self._ensure_can_change(node)
+            node.owner = new_owner
+            self._touch(txn, node, time.time_ns())
+
+        self.meta.write(chown)
+
+    # -- volumes ----------------------------------------------------------------------------
+
+    def open_volume(self, path: str, user: str | None = None,
+                    writable: bool = True) -> 'VolumeHandle':
+        with self.meta.read() as txn:
+            node = self._existing(txn, path, user)
+        if node.is_dir:
+            raise IsDirectoryError(f'{path} is a directory')
+        return VolumeHandle(self, node.id, writable)
+
+    def allocated_bytes(self, path: str, user: str | None = None) -> int:
+        return self.data.allocated_bytes(self.stat(path, user).id)
+
+
+class VolumeHandle:
+    """An open volume: byte-addressed IO with no alignment rule (the doors add theirs)."""
+
+    def __init__(self, engine: Engine, vol_id: int, writable: bool):
+        self.engine = engine
+        self.vol_id = vol_id
+        self.writable = writable
+        self._lock_fd: int | None = engine.opens.hold(vol_id)
+
+    @property
+    def closed(self) -> bool:
+        return self._lock_fd is None
+
+    def _check_open(self) -> None:
+        if self._lock_fd is None:
+            raise BadHandleError('the volume handle is closed')
+
+    def length(self) -> int:
+        self._check_open()
+        with self.engine.meta.read() as txn:
+            return self.engine._node(txn, self.vol_id).length
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._check_open()
+        _check_io_args(offset, length)
+        return self.engine.data.read(self.vol_id, offset, length)
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
+        self._check_open()
+        if not self.writable:
+            raise ReadOnlyError('the volume was opened read-only')
+        _check_io_args(offset, len(data))
+        return self.engine.data.write(self.vol_id, offset, data)
+
+    def flush(self) -> None:
+        """Durable and visible to other processes when this returns."""
+        self._check_open()
+        self.engine.data.flush(self.vol_id)
+
+    def close(self) -> None:
+        if self._lock_fd is None:
+            return
+        try:
+            self.engine.data.flush(self.vol_id)
+        finally:
+            self.engine.opens.release(self._lock_fd)
+            self._lock_fd = None
+
+
+def _check_io_args(offset: object, length: object) -> None:
+    for what, value in (('offset', offset), ('length', length)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InvalidArgumentError(f'{what} must be an integer')
+        if value < 0:
+            raise InvalidArgumentError(f'{what} must not be negative')

@@ -1,0 +1,294 @@
+"""The data path: reading and writing volume bytes through chunk files.
+
+Allocation is deferred. The first write to a chunk that has no mapping creates a chunk file with an
+id from this process's reserved range and remembers ``index -> chunk id`` in memory (``pending``);
+the mapping is committed to LMDB only by `DataPath.flush`, after the chunk data and the chunk
+directory were fsynced. So metadata never points at data that was not yet durable, and a crash
+before a flush leaves at most unreferenced chunk files (leaks that fsck reports and repairs).
+
+Visibility follows from that: this process sees its own writes at once; another process sees
+writes into chunks that were already mapped at once, and writes that allocated chunks after the
+writer's flush or close (the same promise as NFS close-to-open). When two processes allocate the
+same chunk of one volume at once, the later flush wins for that chunk; Curve itself gives shared
+writers no consistency guarantee.
+
+Locks, always taken in this order: ``flush_lock`` (one flush or chunk release at a time), then
+``io_lock`` (short: decisions about which chunk a piece goes to, never held during IO or fsync).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import lmdb
+
+from ..errors import IsDirectoryError, NotFoundError, OutOfRangeError
+from .chunks import CachedFd, ChunkStore
+from .meta import KIND_VOLUME, NODE_HEAD, U64, MetaStore, map_key
+
+log = logging.getLogger(__name__)
+
+_RESERVE_BATCH = 1024
+_RESERVED_KEY = struct.Struct('>QQQ')
+
+
+@dataclass
+class _Unflushed:
+    """What this process wrote to one volume since its last flush."""
+
+    new: dict[int, int] = field(default_factory=dict)  # chunk index -> uncommitted chunk id
+    written: set[int] = field(default_factory=set)  # chunk ids that need an fsync
+    mtime_ns: int = 0
+
+
+def _process_identity() -> tuple[int, int]:
+    """(pid, start time in clock ticks): a pid alone may be reused after a crash."""
+    pid = os.getpid()
+    with open(f'/proc/{pid}/stat', 'rb') as fh:
+        fields = fh.read().rsplit(b')', 1)[1].split()
+    return pid, int(fields[19])
+
+
+def process_alive(pid: int, start_ticks: int) -> bool:
+    try:
+        with open(f'/proc/{pid}/stat', 'rb') as fh:
+            fields = fh.read().rsplit(b')', 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return int(fields[19]) == start_ticks
+
+
+def reserved_key(pid: int, start_ticks: int, first: int) -> bytes:
+    return _RESERVED_KEY.pack(pid, start_ticks, first)
+
+
+def decode_reserved_key(key: bytes) -> tuple[int, int, int]:
+    return _RESERVED_KEY.unpack(key)
+
+
+class DataPath:
+    def __init__(self, meta: MetaStore, chunks: ChunkStore, chunk_size: int):
+        self.meta = meta
+        self.chunks = chunks
+        self.chunk_size = chunk_size
+        self._zeros = memoryview(bytes(chunk_size))
+        self.io_lock = threading.Lock()
+        self.flush_lock = threading.RLock()
+        self._unflushed: dict[int, _Unflushed] = {}
+        self._identity = _process_identity()
+        self._free_ids: Iterator[int] = iter(())
+
+    # -- geometry ------------------------------------------------------------------------
+
+    def _pieces(self, offset: int, length: int) -> Iterator[tuple[int, int, int, int]]:
+        """(chunk index, offset in chunk, offset in buffer, size) covering [offset, +length)."""
+        size = self.chunk_size
+        pos, end = offset, offset + length
+        while pos < end:
+            idx, in_chunk = divmod(pos, size)
+            n = min(size - in_chunk, end - pos)
+            yield idx, in_chunk, pos - offset, n
+            pos += n
+
+    def _check_range(self, txn: lmdb.Transaction, vol: int, offset: int, length: int) -> int:
+        """The volume's sequence number, after checking it is a volume and the range fits."""
+        raw = txn.get(U64.pack(vol), db=self.meta.db['nodes'])
+        if raw is None:
+            raise NotFoundError(f'volume {vol} no longer exists')
+        kind, _status, _parent, vol_length, seq = NODE_HEAD.unpack_from(raw)[:5]
+        if kind != KIND_VOLUME:
+            raise IsDirectoryError(f'node {vol} is a directory')
+        if offset + length > vol_length:
+            raise OutOfRangeError(f'IO [{offset}, {offset + length}) past the end ({vol_length})')
+        return seq
+
+    # -- IO -------------------------------------------------------------------------------
+
+    def read(self, vol: int, offset: int, length: int) -> bytes:
+        unflushed = self._unflushed.get(vol)
+        pending = dict(unflushed.new) if unflushed else {}
+        out = bytearray(length)
+        # The transaction begins after `pending` was copied: a chunk that left `pending` did so
+        # after its mapping was committed, so this transaction sees it.
+        with self.meta.read() as txn:
+            seq = self._check_range(txn, vol, offset, length)
+            sources = [(pending.get(idx) or self._mapped(txn, vol, idx, seq), in_chunk, at, n)
+                       for idx, in_chunk, at, n in self._pieces(offset, length)]
+        for chunk_id, in_chunk, at, n in sources:
+            if chunk_id is not None:
+                out[at:at + n] = self.chunks.pread(chunk_id, n, in_chunk)
+        return bytes(out)
+
+    def _mapped(self, txn: lmdb.Transaction, vol: int, idx: int, seq: int) -> int | None:
+        found = self.meta.chunk_at(txn, vol, idx, seq)
+        return None if found is None else found[0]
+
+    def write(self, vol: int, offset: int, data: bytes | memoryview) -> int:
+        view = memoryview(data).cast('B')
+        length = len(view)
+        targets: list[tuple[CachedFd, int, int, int]] = []
+        releases: list[tuple[int, int]] = []
+        try:
+            with self.io_lock:
+                with self.meta.read() as txn:
+                    seq = self._check_range(txn, vol, offset, length)
+                    unflushed = self._unflushed.setdefault(vol, _Unflushed())
+                    for idx, in_chunk, at, n in self._pieces(offset, length):
+                        chunk_id = unflushed.new.get(idx) or self._mapped(txn, vol, idx, seq)
+                        piece = view[at:at + n]
+                        whole = n == self.chunk_size
+                        if (chunk_id is None or whole) and piece == self._zeros[:n]:
+                            # Zeros where nothing is allocated need no chunk; a whole chunk of
+                            # zeros gives its chunk back (the only discard FUSE lets us see).
+                            if chunk_id is not None:
+                                releases.append((idx, chunk_id))
+                            continue
+                        create = chunk_id is None
+                        if create:
+                            chunk_id = self._new_chunk_id()
+                            unflushed.new[idx] = chunk_id
+                        targets.append((self.chunks.acquire(chunk_id, create=create),
+                                        in_chunk, at, n))
+                        unflushed.written.add(chunk_id)
+                    unflushed.mtime_ns = time.time_ns()
+            for entry, in_chunk, at, n in targets:
+                self.chunks.pwrite(entry, view[at:at + n], in_chunk)
+        finally:
+            for entry, *_ in targets:
+                self.chunks.release(entry)
+        if releases:
+            self._release_chunks(vol, releases)
+        return length
+
+    def _new_chunk_id(self) -> int:
+        chunk_id = next(self._free_ids, None)
+        if chunk_id is None:
+            first = self.meta.write(self._reserve_ids)
+            self._free_ids = iter(range(first, first + _RESERVE_BATCH))
+            chunk_id = next(self._free_ids)
+        return chunk_id
+
+    def _reserve_ids(self, txn: lmdb.Transaction) -> int:
+        first = self.meta.next_id(txn, 'chunk', _RESERVE_BATCH)
+        txn.put(reserved_key(*self._identity, first), U64.pack(first + _RESERVE_BATCH),
+                db=self.meta.db['reserved'])
+        return first
+
+    def _release_chunks(self, vol: int, releases: list[tuple[int, int]]) -> None:
+        """Unmap chunks that now hold only zeros, then delete their files."""
+        with self.flush_lock:
+            with self.io_lock:
+                unflushed = self._unflushed.setdefault(vol, _Unflushed())
+                committed = []
+                for idx, chunk_id in releases:
+                    if unflushed.new.get(idx) == chunk_id:
+                        del unflushed.new[idx]
+                        unflushed.written.discard(chunk_id)
+                        self.chunks.remove(chunk_id)
+                    else:
+                        committed.append((idx, chunk_id))
+
+            def unmap(txn: lmdb.Transaction) -> list[int]:
+                seq = self._check_range(txn, vol, 0, 0)
+                gone = []
+                for idx, chunk_id in committed:
+                    key = map_key(vol, idx, seq)
+                    if txn.get(key, db=self.meta.db['chunkmap']) == U64.pack(chunk_id):
+                        txn.delete(key, db=self.meta.db['chunkmap'])
+                        gone.append(chunk_id)
+                return gone
+
+            for chunk_id in self.meta.write(unmap) if committed else ():
+                with self.io_lock:
+                    unflushed.written.discard(chunk_id)
+                self.chunks.remove(chunk_id)
+
+    # -- durability -----------------------------------------------------------------------
+
+    def flush(self, vol: int) -> None:
+        """Make everything this process wrote to vol durable and visible to other processes."""
+        with self.flush_lock:
+            with self.io_lock:
+                unflushed = self._unflushed.get(vol)
+                if unflushed is None or not (unflushed.written or unflushed.new):
+                    return
+                new = dict(unflushed.new)
+                written, unflushed.written = unflushed.written, set()
+                mtime_ns = unflushed.mtime_ns
+            try:
+                for chunk_id in written:
+                    self.chunks.fsync(chunk_id)
+                if new:
+                    self.chunks.fsync_dirs_of(set(new.values()))
+            except Exception:
+                with self.io_lock:
+                    unflushed.written |= written
+                raise
+
+            def commit(txn: lmdb.Transaction) -> list[int]:
+                node = self.meta.get_node(txn, vol)
+                if node is None:
+                    return list(new.values())
+                stale = []
+                for idx, chunk_id in new.items():
+                    if idx * self.chunk_size >= node.length:
+                        stale.append(chunk_id)
+                        continue
+                    key = map_key(vol, idx, node.seq)
+                    old = txn.get(key, db=self.meta.db['chunkmap'])
+                    if old is not None:
+                        log.warning('volume %d chunk %d was allocated by another process too; '
+                                    'the later flush wins', vol, idx)
+                        stale.append(U64.unpack(old)[0])
+                    txn.put(key, U64.pack(chunk_id), db=self.meta.db['chunkmap'])
+                node.mtime_ns = node.ctime_ns = max(node.mtime_ns, mtime_ns)
+                self.meta.put_node(txn, node)
+                return stale
+
+            stale = self.meta.write(commit)
+            with self.io_lock:
+                for idx, chunk_id in new.items():
+                    if unflushed.new.get(idx) == chunk_id:
+                        del unflushed.new[idx]
+                if not (unflushed.new or unflushed.written):
+                    self._unflushed.pop(vol, None)
+            for chunk_id in stale:
+                self.chunks.remove(chunk_id)
+
+    def flush_all(self) -> None:
+        for vol in list(self._unflushed):
+            self.flush(vol)
+
+    def forget_volume(self, vol: int) -> list[int]:
+        """Drop this process's unflushed state of a volume being destroyed; its new chunk ids."""
+        with self.io_lock:
+            unflushed = self._unflushed.pop(vol, None)
+        return list(unflushed.new.values()) if unflushed else []
+
+    def drop_reservations(self) -> None:
+        pid, ticks = self._identity
+
+        def drop(txn: lmdb.Transaction) -> None:
+            cur = txn.cursor(db=self.meta.db['reserved'])
+            prefix = reserved_key(pid, ticks, 0)[:16]
+            if cur.set_range(prefix):
+                while cur.key().startswith(prefix):
+                    if not cur.delete():
+                        break
+
+        self.meta.write(drop)
+
+    def allocated_bytes(self, vol: int) -> int:
+        """Disk used by the volume's committed and pending chunks."""
+        with self.meta.read() as txn:
+            ids = {chunk_id for _idx, _seq, chunk_id in self.meta.volume_chunks(txn, vol)}
+        unflushed = self._unflushed.get(vol)
+        if unflushed:
+            ids |= set(unflushed.new.values())
+        return sum(self.chunks.allocated_bytes(chunk_id) for chunk_id in ids)
