@@ -227,8 +227,9 @@ class Volume(io.RawIOBase):
     def read(self, size: int = -1) -> bytes:
         """Up to size bytes from the current position; all the rest with -1 or None."""
         with self._pos_lock:
-            remaining = max(0, self.size - self._pos)
-            data = self.pread(remaining if size is None or size < 0 else size, self._pos)
+            if size is None or size < 0:
+                size = max(0, self.size - self._pos)
+            data = self.pread(size, self._pos)
             self._pos += len(data)
         return data
 
@@ -271,19 +272,15 @@ class Volume(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             try:
-                self.handle.close()
+                super().close()  # flushes
             finally:
-                super().close()
+                self.handle.close()
 
     def pread(self, size: int, offset: int) -> bytes:
         """Up to size bytes at offset (fewer at the end of the volume)."""
         if self.closed:
             raise ValueError('I/O operation on closed volume')
-        if not isinstance(offset, int) or offset < 0:
-            raise InvalidArgumentError(f'offset must be a non-negative integer, not {offset!r}')
-        if not isinstance(size, int) or size < 0:
-            raise InvalidArgumentError(f'size must be a non-negative integer, not {size!r}')
-        return self.handle.read(offset, min(size, max(0, self.size - offset)))
+        return self.handle.read(offset, size, clamp=True)
 
     def pwrite(self, data: Any, offset: int) -> int:
         """Write all of data at offset; nothing is written if it does not fit."""

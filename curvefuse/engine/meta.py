@@ -137,15 +137,20 @@ class MetaStore:
     def close(self) -> None:
         self.env.close()
 
-    @contextmanager
-    def read(self) -> Iterator[lmdb.Transaction]:
-        """A short read transaction; never hold one across an await or for a handle's lifetime."""
+    def begin_read(self) -> lmdb.Transaction:
+        """A read transaction for the IO path; the caller aborts it. Never hold one across an
+        await or for a handle's lifetime."""
         try:
-            txn = self.env.begin()
+            return self.env.begin()
         except lmdb.MapResizedError:
             # Another process grew the map; adopt its size.
             self.env.set_mapsize(0)
-            txn = self.env.begin()
+            return self.env.begin()
+
+    @contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        """A short read transaction, as a context manager."""
+        txn = self.begin_read()
         try:
             yield txn
         finally:

@@ -13,6 +13,7 @@ DATA_DIR can read every volume.
 
 from __future__ import annotations
 
+import atexit
 import hmac
 import logging
 import os
@@ -119,6 +120,7 @@ class Engine:
 
     _registry: dict[tuple[int, str], 'Engine'] = {}
     _registry_lock = threading.Lock()
+    _atexit_registered = False
 
     def __init__(self, data_dir: str, create: bool, chunk_size: int, root_password: str):
         self.data_dir = data_dir
@@ -166,9 +168,24 @@ class Engine:
             engine = cls._registry.get(key)
             if engine is None:
                 engine = cls(real, create, chunk_size, root_password)
+                if not cls._atexit_registered:
+                    atexit.register(cls._close_all_at_exit)
+                    cls._atexit_registered = True
                 cls._registry[key] = engine
             engine._users += 1
             return engine
+
+    @classmethod
+    def _close_all_at_exit(cls) -> None:
+        """A script that never closed its store still gets its writes flushed (Curve's writes
+        are durable when Write returns; scripts rely on that) and its reservations dropped."""
+        for (pid, _path), engine in list(cls._registry.items()):
+            if pid == os.getpid():
+                engine._users = 1
+                try:
+                    engine.close()
+                except Exception:
+                    log.exception('closing %s at exit failed', engine.data_dir)
 
     def close(self) -> None:
         """Give back this reference; the last one flushes everything and closes the store."""
@@ -560,10 +577,11 @@ class VolumeHandle:
         with self.engine.meta.read() as txn:
             return self.engine._node(txn, self.vol_id).length
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int, clamp: bool = False) -> bytes:
+        """Bytes at offset; past the end is an error, or with clamp a short read."""
         self._check_open()
         _check_io_args(offset, length)
-        return self.engine.data.read(self.vol_id, offset, length)
+        return self.engine.data.read(self.vol_id, offset, length, clamp)
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
         self._check_open()

@@ -96,36 +96,70 @@ class DataPath:
             yield idx, in_chunk, pos - offset, n
             pos += n
 
-    def _check_range(self, txn: lmdb.Transaction, vol: int, offset: int, length: int) -> int:
-        """The volume's sequence number, after checking it is a volume and the range fits."""
+    def _head(self, txn: lmdb.Transaction, vol: int) -> tuple[int, int]:
+        """(length, sequence number) of a volume, from the fixed-size part of its node."""
         raw = txn.get(U64.pack(vol), db=self.meta.db['nodes'])
         if raw is None:
             raise NotFoundError(f'volume {vol} no longer exists')
-        kind, _status, _parent, vol_length, seq = NODE_HEAD.unpack_from(raw)[:5]
+        kind, _status, _parent, length, seq = NODE_HEAD.unpack_from(raw)[:5]
         if kind != KIND_VOLUME:
             raise IsDirectoryError(f'node {vol} is a directory')
+        return length, seq
+
+    def _check_range(self, txn: lmdb.Transaction, vol: int, offset: int, length: int) -> int:
+        """The volume's sequence number, after checking the range fits in the volume."""
+        vol_length, seq = self._head(txn, vol)
         if offset + length > vol_length:
             raise OutOfRangeError(f'IO [{offset}, {offset + length}) past the end ({vol_length})')
         return seq
 
     # -- IO -------------------------------------------------------------------------------
 
-    def read(self, vol: int, offset: int, length: int) -> bytes:
+    def read(self, vol: int, offset: int, length: int, clamp: bool = False) -> bytes:
+        """length bytes at offset; with clamp, fewer at the end of the volume instead of an
+        OutOfRangeError."""
+        size = self.chunk_size
+        first, last = offset // size, (offset + length - 1) // size
         unflushed = self._unflushed.get(vol)
-        pending = dict(unflushed.new) if unflushed else {}
-        out = bytearray(length)
-        # The transaction begins after `pending` was copied: a chunk that left `pending` did so
-        # after its mapping was committed, so this transaction sees it.
-        with self.meta.read() as txn:
-            seq = self._check_range(txn, vol, offset, length)
-            sources = [(pending.get(idx) or self._mapped(txn, vol, idx, seq), in_chunk, at, n)
-                       for idx, in_chunk, at, n in self._pieces(offset, length)]
-        for chunk_id, in_chunk, at, n in sources:
-            if chunk_id is not None:
-                out[at:at + n] = self.chunks.pread(chunk_id, n, in_chunk)
-        return bytes(out)
+        # Read `pending` before the transaction begins: a chunk that left `pending` did so after
+        # its mapping was committed, so the transaction sees it.
+        pending = {}
+        if unflushed and unflushed.new:
+            for idx in range(first, last + 1):
+                chunk_id = unflushed.new.get(idx)
+                if chunk_id is not None:
+                    pending[idx] = chunk_id
+        txn = self.meta.begin_read()
+        try:
+            vol_length, seq = self._head(txn, vol)
+            if offset + length > vol_length:
+                if not clamp:
+                    raise OutOfRangeError(f'read [{offset}, {offset + length}) past the end '
+                                          f'({vol_length})')
+                length = max(0, vol_length - offset)
+                last = (offset + length - 1) // size
+            if first == last:  # the common case: one chunk
+                chunk_id = pending.get(first) or self._mapped(txn, vol, first, seq)
+                sources = None
+            else:
+                sources = [(pending.get(idx) or self._mapped(txn, vol, idx, seq), in_chunk, n)
+                           for idx, in_chunk, _at, n in self._pieces(offset, length)]
+        finally:
+            txn.abort()
+        if sources is None:
+            if chunk_id is None:
+                return bytes(length)
+            return self.chunks.pread(chunk_id, length, offset - first * size)
+        return b''.join(bytes(n) if chunk_id is None else self.chunks.pread(chunk_id, n, in_chunk)
+                        for chunk_id, in_chunk, n in sources)
 
     def _mapped(self, txn: lmdb.Transaction, vol: int, idx: int, seq: int) -> int | None:
+        """The chunk holding index idx of the volume as of seq."""
+        exact = txn.get(map_key(vol, idx, seq), db=self.meta.db['chunkmap'])
+        if exact is not None:
+            return U64.unpack(exact)[0]
+        if seq == 1:  # nothing older can exist
+            return None
         found = self.meta.chunk_at(txn, vol, idx, seq)
         return None if found is None else found[0]
 
@@ -195,7 +229,7 @@ class DataPath:
                         committed.append((idx, chunk_id))
 
             def unmap(txn: lmdb.Transaction) -> list[int]:
-                seq = self._check_range(txn, vol, 0, 0)
+                seq = self._head(txn, vol)[1]
                 gone = []
                 for idx, chunk_id in committed:
                     key = map_key(vol, idx, seq)
