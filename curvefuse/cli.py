@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     init = sub.add_parser('init', help='create a store (a no-op for an existing one)')
     init.add_argument('data_dir', nargs='?', default=DEFAULT_DATA_DIR, metavar='DATA_DIR')
     init.add_argument('--chunk-size', default=str(DEFAULT_CHUNK_SIZE),
-                      help='bytes per chunk file, a power of two (default 4M)')
+                      help='bytes per chunk file, a power of two (default 16M)')
     init.add_argument('--root-password', default=DEFAULT_ROOT_PASSWORD,
                       help="Curve's root password for this store (default Curve's)")
     init.set_defaults(func=_init)

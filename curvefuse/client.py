@@ -9,7 +9,7 @@ client.conf keys read by `Init` (``key=value`` lines, ``#`` comments, unknown ke
 real Curve client.conf with one line added works):
 
 ``curvefuse.data_dir``       the store directory; created if missing (default: ``DEFAULT_DATA_DIR``)
-``curvefuse.chunk_size``     chunk size in bytes for a store Init creates (default 4 MiB)
+``curvefuse.chunk_size``     chunk size in bytes for a store Init creates (default 16 MiB)
 ``curvefuse.root_password``  root password for a store Init creates (default Curve's)
 """
 

@@ -58,18 +58,22 @@ class ChunkStore:
         """Pin a chunk's descriptor (opening, or with create making, the file); `release` unpins."""
         with self._lock:
             entry = self._fds.get(chunk_id)
-            if entry is not None:
-                self._fds.move_to_end(chunk_id)
+            if entry is None:
+                entry = self._open_locked(chunk_id, create)
             else:
-                flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
-                try:
-                    entry = CachedFd(os.open(self.chunk_path(chunk_id), flags, 0o600))
-                except OSError as exc:
-                    raise storage_error(exc, f'chunk {chunk_id:x}') from exc
-                self._fds[chunk_id] = entry
-                self._evict_idle()
+                self._fds.move_to_end(chunk_id)
             entry.users += 1
             return entry
+
+    def _open_locked(self, chunk_id: int, create: bool = False) -> CachedFd:
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
+        try:
+            entry = CachedFd(os.open(self.chunk_path(chunk_id), flags, 0o600))
+        except OSError as exc:
+            raise storage_error(exc, f'chunk {chunk_id:x}') from exc
+        self._fds[chunk_id] = entry
+        self._evict_idle()
+        return entry
 
     def release(self, entry: CachedFd) -> None:
         with self._lock:
@@ -88,19 +92,26 @@ class ChunkStore:
         if entry.users == 0:
             os.close(entry.fd)
 
-    def create(self, chunk_id: int) -> None:
-        """Make an empty chunk file (the id is new, so it must not exist yet)."""
-        self.release(self.acquire(chunk_id, create=True))
-
     def pread(self, chunk_id: int, length: int, offset: int) -> bytes:
-        """Read; a chunk file is shorter than a chunk where its tail was never written."""
-        entry = self.acquire(chunk_id)
+        """Read; a chunk file is shorter than a chunk where its tail was never written.
+
+        The hot path of every read, so `acquire`/`release` are written out inline here.
+        """
+        lock = self._lock
+        with lock:
+            entry = self._fds.get(chunk_id)
+            if entry is None:
+                entry = self._open_locked(chunk_id)
+            entry.users += 1
         try:
             data = os.pread(entry.fd, length, offset)
         except OSError as exc:
             raise storage_error(exc, f'reading chunk {chunk_id:x}') from exc
         finally:
-            self.release(entry)
+            with lock:
+                entry.users -= 1
+                if entry.evicted and entry.users == 0:
+                    os.close(entry.fd)
         if len(data) < length:
             data += bytes(length - len(data))
         return data

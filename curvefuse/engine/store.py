@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 ROOT_USER = 'root'
 DEFAULT_ROOT_PASSWORD = 'root_password'  # Curve's mds.conf default
 RECYCLE_NAME = 'RecycleBin'
-DEFAULT_CHUNK_SIZE = 4 * 2**20
+DEFAULT_CHUNK_SIZE = 16 * 2**20  # Curve's; fewer fsyncs per flush than 4 MiB, measured by scripts/bench
 BLOCK_SIZE = 4096
 MAX_VOLUME_LENGTH = 2**50  # 1 PiB
 MAX_NAME_BYTES = 255
@@ -606,8 +606,7 @@ class VolumeHandle:
 
 
 def _check_io_args(offset: object, length: object) -> None:
-    for what, value in (('offset', offset), ('length', length)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise InvalidArgumentError(f'{what} must be an integer')
-        if value < 0:
-            raise InvalidArgumentError(f'{what} must not be negative')
+    # type() is not int also refuses bool; this runs on every IO, so keep it to one test.
+    if type(offset) is not int or type(length) is not int or offset < 0 or length < 0:
+        raise InvalidArgumentError(f'offset and length must be non-negative integers, not '
+                                   f'{offset!r} and {length!r}')

@@ -35,7 +35,22 @@ from .meta import KIND_VOLUME, NODE_HEAD, U64, MetaStore, map_key
 log = logging.getLogger(__name__)
 
 _RESERVE_BATCH = 1024
+_CACHE_LIMIT = 2**20  # mappings kept per snapshot before starting afresh
 _RESERVED_KEY = struct.Struct('>QQQ')
+
+
+@dataclass
+class _SnapshotCache:
+    """Volume heads and chunk mappings as read in the committed snapshot `txn_id`.
+
+    LMDB gives every commit, from any process, a new transaction id, and a read transaction
+    reports the id of the snapshot it sees; so what was read under one id stays exact for every
+    later transaction with the same id. A new id starts a new cache: nothing is ever stale.
+    """
+
+    txn_id: int
+    heads: dict[int, tuple[int, int]] = field(default_factory=dict)
+    chunks: dict[tuple[int, int, int], int | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -83,6 +98,7 @@ class DataPath:
         self._unflushed: dict[int, _Unflushed] = {}
         self._identity = _process_identity()
         self._free_ids: Iterator[int] = iter(())
+        self._cache = _SnapshotCache(-1)
 
     # -- geometry ------------------------------------------------------------------------
 
@@ -96,22 +112,44 @@ class DataPath:
             yield idx, in_chunk, pos - offset, n
             pos += n
 
-    def _head(self, txn: lmdb.Transaction, vol: int) -> tuple[int, int]:
-        """(length, sequence number) of a volume, from the fixed-size part of its node."""
-        raw = txn.get(U64.pack(vol), db=self.meta.db['nodes'])
-        if raw is None:
-            raise NotFoundError(f'volume {vol} no longer exists')
-        kind, _status, _parent, length, seq = NODE_HEAD.unpack_from(raw)[:5]
-        if kind != KIND_VOLUME:
-            raise IsDirectoryError(f'node {vol} is a directory')
-        return length, seq
+    def _snapshot(self, txn: lmdb.Transaction) -> '_SnapshotCache':
+        """The cache for txn's snapshot, empty if anything was committed since the last one."""
+        cache = self._cache
+        if cache.txn_id != txn.id() or len(cache.chunks) > _CACHE_LIMIT:
+            cache = self._cache = _SnapshotCache(txn.id())
+        return cache
 
-    def _check_range(self, txn: lmdb.Transaction, vol: int, offset: int, length: int) -> int:
-        """The volume's sequence number, after checking the range fits in the volume."""
-        vol_length, seq = self._head(txn, vol)
-        if offset + length > vol_length:
-            raise OutOfRangeError(f'IO [{offset}, {offset + length}) past the end ({vol_length})')
-        return seq
+    def _head(self, txn: lmdb.Transaction, cache: '_SnapshotCache', vol: int) -> tuple[int, int]:
+        """(length, sequence number) of a volume, from the fixed-size part of its node."""
+        head = cache.heads.get(vol)
+        if head is None:
+            raw = txn.get(U64.pack(vol), db=self.meta.db['nodes'])
+            if raw is None:
+                raise NotFoundError(f'volume {vol} no longer exists')
+            kind, _status, _parent, length, seq = NODE_HEAD.unpack_from(raw)[:5]
+            if kind != KIND_VOLUME:
+                raise IsDirectoryError(f'node {vol} is a directory')
+            head = cache.heads[vol] = (length, seq)
+        return head
+
+    def _mapped(self, txn: lmdb.Transaction, cache: '_SnapshotCache', vol: int, idx: int,
+                seq: int) -> int | None:
+        """The committed chunk holding index idx of the volume as of seq."""
+        key = (vol, idx, seq)
+        try:
+            return cache.chunks[key]
+        except KeyError:
+            pass
+        exact = txn.get(map_key(vol, idx, seq), db=self.meta.db['chunkmap'])
+        if exact is not None:
+            chunk_id = U64.unpack(exact)[0]
+        elif seq == 1:  # nothing older can exist
+            chunk_id = None
+        else:
+            found = self.meta.chunk_at(txn, vol, idx, seq)
+            chunk_id = None if found is None else found[0]
+        cache.chunks[key] = chunk_id
+        return chunk_id
 
     # -- IO -------------------------------------------------------------------------------
 
@@ -131,7 +169,8 @@ class DataPath:
                     pending[idx] = chunk_id
         txn = self.meta.begin_read()
         try:
-            vol_length, seq = self._head(txn, vol)
+            cache = self._snapshot(txn)
+            vol_length, seq = self._head(txn, cache, vol)
             if offset + length > vol_length:
                 if not clamp:
                     raise OutOfRangeError(f'read [{offset}, {offset + length}) past the end '
@@ -139,10 +178,11 @@ class DataPath:
                 length = max(0, vol_length - offset)
                 last = (offset + length - 1) // size
             if first == last:  # the common case: one chunk
-                chunk_id = pending.get(first) or self._mapped(txn, vol, first, seq)
+                chunk_id = pending.get(first) or self._mapped(txn, cache, vol, first, seq)
                 sources = None
             else:
-                sources = [(pending.get(idx) or self._mapped(txn, vol, idx, seq), in_chunk, n)
+                sources = [(pending.get(idx) or self._mapped(txn, cache, vol, idx, seq),
+                            in_chunk, n)
                            for idx, in_chunk, _at, n in self._pieces(offset, length)]
         finally:
             txn.abort()
@@ -153,16 +193,6 @@ class DataPath:
         return b''.join(bytes(n) if chunk_id is None else self.chunks.pread(chunk_id, n, in_chunk)
                         for chunk_id, in_chunk, n in sources)
 
-    def _mapped(self, txn: lmdb.Transaction, vol: int, idx: int, seq: int) -> int | None:
-        """The chunk holding index idx of the volume as of seq."""
-        exact = txn.get(map_key(vol, idx, seq), db=self.meta.db['chunkmap'])
-        if exact is not None:
-            return U64.unpack(exact)[0]
-        if seq == 1:  # nothing older can exist
-            return None
-        found = self.meta.chunk_at(txn, vol, idx, seq)
-        return None if found is None else found[0]
-
     def write(self, vol: int, offset: int, data: bytes | memoryview) -> int:
         view = memoryview(data).cast('B')
         length = len(view)
@@ -171,10 +201,15 @@ class DataPath:
         try:
             with self.io_lock:
                 with self.meta.read() as txn:
-                    seq = self._check_range(txn, vol, offset, length)
+                    cache = self._snapshot(txn)
+                    vol_length, seq = self._head(txn, cache, vol)
+                    if offset + length > vol_length:
+                        raise OutOfRangeError(f'write [{offset}, {offset + length}) past the end '
+                                              f'({vol_length})')
                     unflushed = self._unflushed.setdefault(vol, _Unflushed())
                     for idx, in_chunk, at, n in self._pieces(offset, length):
-                        chunk_id = unflushed.new.get(idx) or self._mapped(txn, vol, idx, seq)
+                        chunk_id = (unflushed.new.get(idx) or
+                                    self._mapped(txn, cache, vol, idx, seq))
                         piece = view[at:at + n]
                         whole = n == self.chunk_size
                         if (chunk_id is None or whole) and piece == self._zeros[:n]:
@@ -229,7 +264,7 @@ class DataPath:
                         committed.append((idx, chunk_id))
 
             def unmap(txn: lmdb.Transaction) -> list[int]:
-                seq = self._head(txn, vol)[1]
+                seq = self._head(txn, self._snapshot(txn), vol)[1]
                 gone = []
                 for idx, chunk_id in committed:
                     key = map_key(vol, idx, seq)
