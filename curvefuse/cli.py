@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from . import DEFAULT_DATA_DIR, __version__
 from .api import open_store, parse_size
 from .engine import DEFAULT_CHUNK_SIZE, DEFAULT_ROOT_PASSWORD
 from .errors import EngineError
+from .fuse.mount import MountError
 
 log = logging.getLogger('curvefuse')
 
@@ -42,6 +44,33 @@ def _fsck(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _mount(args: argparse.Namespace) -> int:
+    from .fuse.mount import MountOptions, run_foreground, start_daemon
+
+    options = MountOptions.parse(args.o)  # refuse bad options before daemonizing
+    if not args.foreground:
+        argv = ['mount', args.data_dir, args.mountpoint, '--log',
+                args.log or os.path.join(os.path.realpath(args.data_dir), 'mount.log')]
+        argv += ['-o', args.o] if args.o else []
+        argv += ['--debug'] if args.debug else []
+        start_daemon(argv)
+        return 0
+    if args.log:
+        handler = logging.FileHandler(args.log)
+        handler.setFormatter(logging.Formatter('%(asctime)s %(process)d %(levelname)s '
+                                               '%(name)s: %(message)s'))
+        logging.getLogger().handlers[:] = [handler]
+    run_foreground(args.data_dir, args.mountpoint, options, args.ready_fd)
+    return 0
+
+
+def _umount(args: argparse.Namespace) -> int:
+    from .fuse.mount import unmount
+
+    unmount(args.mountpoint)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='curvefuse', description='CurveBS-style block volumes on one machine.')
@@ -61,6 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument('data_dir', nargs='?', default=DEFAULT_DATA_DIR, metavar='DATA_DIR')
     check.add_argument('--repair', action='store_true', help='free leaked space')
     check.set_defaults(func=_fsck)
+
+    mount = sub.add_parser('mount', help='mount a store as a file tree (returns once live)')
+    mount.add_argument('data_dir', metavar='DATA_DIR')
+    mount.add_argument('mountpoint', metavar='MOUNTPOINT')
+    mount.add_argument('-o', metavar='OPTIONS',
+                       help='comma-separated: ro, allow_other, allow_shrink (see README)')
+    mount.add_argument('-f', '--foreground', action='store_true',
+                       help='stay attached; log to stderr')
+    mount.add_argument('--log', help='log file of the daemon (default DATA_DIR/mount.log)')
+    mount.add_argument('--ready-fd', type=int, help=argparse.SUPPRESS)
+    mount.set_defaults(func=_mount)
+
+    umount = sub.add_parser('umount', help='unmount and wait until the daemon has flushed')
+    umount.add_argument('mountpoint', metavar='MOUNTPOINT')
+    umount.set_defaults(func=_umount)
     return parser
 
 
@@ -70,7 +114,7 @@ def main(args: list[str] | None = None) -> int:
                         format='%(levelname)s %(name)s: %(message)s')
     try:
         return options.func(options)
-    except EngineError as exc:
+    except (EngineError, MountError) as exc:
         print(f'curvefuse {options.command}: {exc}', file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

@@ -155,6 +155,17 @@ class ChunkStore:
         except FileNotFoundError:
             pass
 
+    def truncate(self, chunk_id: int, length: int) -> None:
+        """Cut a chunk file at length (what lies past it reads as zeros) and sync that."""
+        entry = self.acquire(chunk_id)
+        try:
+            os.ftruncate(entry.fd, length)
+            os.fsync(entry.fd)
+        except OSError as exc:
+            raise storage_error(exc, f'truncating chunk {chunk_id:x}') from exc
+        finally:
+            self.release(entry)
+
     def allocated_bytes(self, chunk_id: int) -> int:
         """Disk actually used by a chunk (holes excluded)."""
         try:

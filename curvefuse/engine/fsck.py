@@ -110,6 +110,9 @@ class _Checker:
                 self.report.volumes += 1
             if not self._reaches_root(node, nodes):
                 self._corrupt(f'node {node.id} ({node.name!r}) is not reachable from /')
+        for key, _value in self.meta.iter_db(txn, 'xattrs'):
+            if U64.unpack_from(key)[0] not in nodes:
+                self._corrupt(f'extended attribute for missing node {U64.unpack_from(key)[0]}')
         return nodes
 
     @staticmethod

@@ -11,6 +11,7 @@ Key layout (integers are unsigned 64-bit big-endian, so LMDB's byte order is num
 ``chunkmap``  volume id + chunk index + (2**64-1 - seq) -> chunk id. The inverted sequence makes
               the newest version of a chunk sort first, so "the chunk as of sequence S" is one
               ``set_range`` to (vol, idx, ~S). Until snapshots exist every entry has seq 1.
+``xattrs``    node id + attribute name bytes -> value (the mount's ``user.*`` attributes).
 ``reserved``  pid + process start time + first chunk id -> end chunk id. A process writes chunk
               files with ids from its own reserved range before their mapping is committed; fsck
               uses the table to tell a live process's in-flight chunks from leaks.
@@ -53,7 +54,7 @@ DIRENT_PREFIX = struct.Struct('>Q')
 NODE_HEAD = struct.Struct('>BBQQQQQQ')
 MAX_U64 = 2**64 - 1
 
-_DB_NAMES = ('config', 'counters', 'nodes', 'dirents', 'chunkmap', 'reserved')
+_DB_NAMES = ('config', 'counters', 'nodes', 'dirents', 'chunkmap', 'reserved', 'xattrs')
 _INITIAL_MAP_SIZE = 2**36  # address space only: the file grows as pages are used
 T = TypeVar('T')
 
@@ -246,6 +247,15 @@ class MetaStore:
                 return
             _, idx, seq = decode_map_key(key)
             yield idx, seq, U64.unpack(value)[0]
+
+    def delete_prefix(self, txn: lmdb.Transaction, name: str, prefix: bytes) -> int:
+        """Delete every key of a sub-database that starts with prefix; how many went."""
+        cur = txn.cursor(db=self.db[name])
+        count = 0
+        if cur.set_range(prefix):
+            while cur.key().startswith(prefix) and cur.delete():
+                count += 1
+        return count
 
     def iter_db(self, txn: lmdb.Transaction, name: str) -> Iterator[tuple[bytes, bytes]]:
         return iter(txn.cursor(db=self.db[name]))

@@ -30,7 +30,7 @@ from ..errors import (AccessError, BadHandleError, BadLengthError, BusyError, Ex
                       NotSupportedError, ReadOnlyError, ShrinkError)
 from .chunks import ChunkStore
 from .meta import (FIRST_USER_ID, FORMAT_VERSION, KIND_DIRECTORY, KIND_VOLUME, RECYCLE_ID,
-                   ROOT_ID, U64, MetaStore, Node)
+                   ROOT_ID, U64, MetaStore, Node, map_key)
 from .opens import OpenRegistry
 from .volumes import DataPath
 
@@ -44,6 +44,7 @@ BLOCK_SIZE = 4096
 MAX_VOLUME_LENGTH = 2**50  # 1 PiB
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4096
+MAX_XATTR_VALUE = 65536  # Linux's XATTR_SIZE_MAX
 STATUS_CREATED = 0
 
 
@@ -106,6 +107,10 @@ def _check_owner(node: Node, user: str | None) -> None:
         return
     if node.id == ROOT_ID or node.owner != user:
         raise AccessError(f'{node.name or "/"} is not owned by {user}')
+
+
+def _xattr_key(node_id: int, name: str) -> bytes:
+    return U64.pack(node_id) + name.encode('utf-8', 'surrogateescape')
 
 
 @dataclass(frozen=True)
@@ -298,21 +303,88 @@ class Engine:
 
     # -- reading the namespace ----------------------------------------------------------
 
+    def _visible(self, node: Node) -> Node:
+        """The node as this process sees it: grown by its unflushed writes."""
+        if not node.is_dir:
+            node.length = max(node.length, self.data.pending_length(node.id))
+        return node
+
     def stat(self, path: str, user: str | None = None) -> Node:
         with self.meta.read() as txn:
-            return self._existing(txn, path, user)
+            return self._visible(self._existing(txn, path, user))
 
     def listdir(self, path: str, user: str | None = None) -> list[Node]:
         with self.meta.read() as txn:
             node = self._existing(txn, path, user)
             if not node.is_dir:
                 raise NotDirectoryError(f'{path} is a volume, not a directory')
-            return [self._node(txn, child) for _name, child in self.meta.entries(txn, node.id)]
+            return [self._visible(self._node(txn, child))
+                    for _name, child in self.meta.entries(txn, node.id)]
+
+    def node(self, node_id: int) -> Node:
+        """A node by id (the mount's inode numbers are ids), with no owner checks."""
+        with self.meta.read() as txn:
+            return self._visible(self._node(txn, node_id))
+
+    def child(self, parent_id: int, name: str) -> Node:
+        check_name(name)
+        with self.meta.read() as txn:
+            child_id = self.meta.lookup(txn, parent_id, name)
+            if child_id is None:
+                raise NotFoundError(f'no entry {name!r} in directory {parent_id}')
+            return self._visible(self._node(txn, child_id))
+
+    def children(self, dir_id: int) -> list[Node]:
+        with self.meta.read() as txn:
+            if not self._node(txn, dir_id).is_dir:
+                raise NotDirectoryError(f'node {dir_id} is not a directory')
+            return [self._visible(self._node(txn, child))
+                    for _name, child in self.meta.entries(txn, dir_id)]
+
+    # -- extended attributes (stored for the mount's user.* names) -------------------------
+
+    def get_xattr(self, node_id: int, name: str) -> bytes | None:
+        with self.meta.read() as txn:
+            return txn.get(_xattr_key(node_id, name), db=self.meta.db['xattrs'])
+
+    def list_xattrs(self, node_id: int) -> list[str]:
+        prefix = U64.pack(node_id)
+        with self.meta.read() as txn:
+            cur = txn.cursor(db=self.meta.db['xattrs'])
+            names = []
+            if cur.set_range(prefix):
+                for key in cur.iternext(values=False):
+                    if not key.startswith(prefix):
+                        break
+                    names.append(key[len(prefix):].decode('utf-8', 'surrogateescape'))
+            return names
+
+    def set_xattr(self, node_id: int, name: str, value: bytes) -> None:
+        if len(name.encode('utf-8', 'surrogateescape')) > MAX_NAME_BYTES:
+            raise NameTooLongError('attribute name longer than 255 bytes')
+        if len(value) > MAX_XATTR_VALUE:
+            raise InvalidArgumentError(f'attribute value larger than {MAX_XATTR_VALUE} bytes')
+
+        def put(txn: lmdb.Transaction) -> None:
+            node = self._node(txn, node_id)
+            txn.put(_xattr_key(node_id, name), bytes(value), db=self.meta.db['xattrs'])
+            node.ctime_ns = time.time_ns()
+            self.meta.put_node(txn, node)
+
+        self.meta.write(put)
+
+    def remove_xattr(self, node_id: int, name: str) -> bool:
+        """Whether there was such an attribute."""
+        def delete(txn: lmdb.Transaction) -> bool:
+            self._node(txn, node_id)
+            return txn.delete(_xattr_key(node_id, name), db=self.meta.db['xattrs'])
+
+        return self.meta.write(delete)
 
     # -- changing the namespace -----------------------------------------------------------
 
     def _new_entry(self, path: str, user: str | None, kind: int, length: int,
-                   owner: str | None) -> Node:
+                   owner: str | None, posix: dict[str, int] | None = None) -> Node:
         owner = owner if owner is not None else (user or ROOT_USER)
         check_user(owner)
 
@@ -324,7 +396,8 @@ class Engine:
                 raise NotSupportedError('nothing can be created inside /RecycleBin')
             now = time.time_ns()
             node = Node(self.meta.next_id(txn, 'node'), kind, STATUS_CREATED, found.parent.id,
-                        length, 1, now, now, now, name=found.name, owner=owner)
+                        length, 1, now, now, now, name=found.name, owner=owner,
+                        extra=dict(posix or {}))
             self.meta.put_node(txn, node)
             self.meta.link(txn, found.parent.id, found.name, node.id)
             self._touch(txn, found.parent, now)
@@ -332,13 +405,31 @@ class Engine:
 
         return self.meta.write(create)
 
-    def mkdir(self, path: str, user: str | None = None, owner: str | None = None) -> Node:
-        return self._new_entry(path, user, KIND_DIRECTORY, 0, owner)
+    def mkdir(self, path: str, user: str | None = None, owner: str | None = None,
+              posix: dict[str, int] | None = None) -> Node:
+        """A new directory; `posix` may hold the mount's mode, uid and gid for it."""
+        return self._new_entry(path, user, KIND_DIRECTORY, 0, owner, posix)
 
     def create_volume(self, path: str, length: int, user: str | None = None,
-                      owner: str | None = None, aligned: bool = True) -> Node:
+                      owner: str | None = None, aligned: bool = True,
+                      posix: dict[str, int] | None = None) -> Node:
         """A new thin volume. `aligned` asks for the client doors' rule (see `check_length`)."""
-        return self._new_entry(path, user, KIND_VOLUME, check_length(length, aligned), owner)
+        return self._new_entry(path, user, KIND_VOLUME, check_length(length, aligned), owner,
+                               posix)
+
+    def set_attributes(self, node_id: int, posix: dict[str, int] | None = None,
+                       mtime_ns: int | None = None) -> Node:
+        """Change the mount's mode/uid/gid of a node, or its modification time."""
+        def change(txn: lmdb.Transaction) -> Node:
+            node = self._node(txn, node_id)
+            node.extra.update(posix or {})
+            node.ctime_ns = time.time_ns()
+            if mtime_ns is not None:
+                node.mtime_ns = mtime_ns
+            self.meta.put_node(txn, node)
+            return node
+
+        return self._visible(self.meta.write(change))
 
     def _ensure_can_change(self, node: Node) -> None:
         """Curve's CheckFileCanChange for a volume: refused while any door has it open."""
@@ -356,9 +447,13 @@ class Engine:
         self.meta.link(txn, RECYCLE_ID, node.name, node.id)
         self.meta.put_node(txn, node)
 
-    def remove(self, path: str, user: str | None = None) -> None:
+    def remove(self, path: str, user: str | None = None, check_open: bool = True) -> None:
         """Curve's Unlink (and Rmdir): an empty directory goes at once, a volume into the
-        recycle bin; a volume already in the recycle bin is destroyed."""
+        recycle bin; a volume already in the recycle bin is destroyed.
+
+        check_open=False lets an open volume go to the recycle bin (POSIX unlink, for the
+        mount); destroying one stays refused while it is open.
+        """
         def remove(txn: lmdb.Transaction) -> int | None:
             node = self._existing(txn, path, user)
             now = time.time_ns()
@@ -368,11 +463,11 @@ class Engine:
             if node.is_dir:
                 if self.meta.has_entries(txn, node.id):
                     raise NotEmptyError(f'{path} is not empty')
-                self.meta.unlink(txn, node.parent, node.name)
-                txn.delete(U64.pack(node.id), db=self.meta.db['nodes'])
+                self._forget_node(txn, node)
                 self._touch(txn, parent, now)
                 return None
-            self._ensure_can_change(node)
+            if check_open or node.parent == RECYCLE_ID:
+                self._ensure_can_change(node)
             if node.parent == RECYCLE_ID:
                 return self._destroy_meta(txn, node)
             self._recycle(txn, node, path, now)
@@ -396,10 +491,14 @@ class Engine:
 
     def _destroy_meta(self, txn: lmdb.Transaction, node: Node) -> int:
         """Drop a volume's node, name and chunk mappings; its chunk files go after the commit."""
-        self.meta.unlink(txn, node.parent, node.name)
-        txn.delete(U64.pack(node.id), db=self.meta.db['nodes'])
+        self._forget_node(txn, node)
         self._touch(txn, self._node(txn, node.parent), time.time_ns())
         return node.id
+
+    def _forget_node(self, txn: lmdb.Transaction, node: Node) -> None:
+        self.meta.unlink(txn, node.parent, node.name)
+        txn.delete(U64.pack(node.id), db=self.meta.db['nodes'])
+        self.meta.delete_prefix(txn, 'xattrs', U64.pack(node.id))
 
     def _destroy_chunks(self, vol: int) -> None:
         with self.data.flush_lock:
@@ -407,14 +506,7 @@ class Engine:
             with self.meta.read() as txn:
                 doomed += [cid for _i, _s, cid in self.meta.volume_chunks(txn, vol)]
 
-            def unmap(txn: lmdb.Transaction) -> None:
-                cur = txn.cursor(db=self.meta.db['chunkmap'])
-                prefix = U64.pack(vol)
-                if cur.set_range(prefix):
-                    while cur.key().startswith(prefix) and cur.delete():
-                        pass
-
-            self.meta.write(unmap)
+            self.meta.write(lambda txn: self.meta.delete_prefix(txn, 'chunkmap', U64.pack(vol)))
         for chunk_id in doomed:
             self.chunks.remove(chunk_id)
         log.info('destroyed volume %d (%d chunks freed)', vol, len(doomed))
@@ -468,9 +560,12 @@ class Engine:
         self.meta.put_node(txn, node)
         self._touch(txn, parent, now)
 
-    def rename(self, old: str, new: str, user: str | None = None) -> None:
+    def rename(self, old: str, new: str, user: str | None = None, check_open: bool = True,
+               replace: bool = True) -> None:
         """Curve's Rename: across directories; over an existing volume, which goes to the
-        recycle bin. Directories may be renamed too (Curve refuses; see the README)."""
+        recycle bin. Directories may be renamed too (Curve refuses; see the README).
+        check_open=False allows renaming open volumes (POSIX, for the mount); replace=False
+        refuses an existing target (RENAME_NOREPLACE)."""
         old_parts, new_parts = split_path(old), split_path(new)
         if not old_parts or not new_parts:
             raise InvalidArgumentError('/ cannot be renamed')
@@ -484,39 +579,76 @@ class Engine:
             node = self._existing(txn, old, user)
             if node.id == RECYCLE_ID:
                 raise InvalidArgumentError('/RecycleBin cannot be renamed')
-            self._ensure_can_change(node)
+            if check_open:
+                self._ensure_can_change(node)
             target = self._resolve(txn, new, user)
             if target.parent.id == RECYCLE_ID:
                 raise NotSupportedError('remove a volume to put it in /RecycleBin')
             if target.node is not None:
-                if target.node.is_dir or node.is_dir:
+                if target.node.is_dir or node.is_dir or not replace:
                     raise ExistsError(f'{new} exists')
                 _check_owner(target.node, user)
-                self._ensure_can_change(target.node)
+                if check_open:
+                    self._ensure_can_change(target.node)
                 self._recycle(txn, target.node, new, time.time_ns())
             self._move(txn, node, target.parent, target.name)
 
         self.meta.write(rename)
 
-    def resize(self, path: str, length: int, user: str | None = None,
-               aligned: bool = True) -> Node:
-        """Grow a volume (Curve's Extend). Shrinking is refused."""
-        def resize(txn: lmdb.Transaction) -> Node:
-            node = self._existing(txn, path, user)
-            if node.is_dir:
-                raise IsDirectoryError(f'{path} is a directory')
-            check_length(length, aligned=False)
-            if length < node.length:
+    def resize(self, path: str, length: int, user: str | None = None, aligned: bool = True,
+               allow_shrink: bool = False) -> Node:
+        """Grow a volume (Curve's Extend); shrink only with allow_shrink (the data past the new
+        end is gone for good)."""
+        check_length(length, aligned=False)
+        node = self.stat(path, user)
+        if node.is_dir:
+            raise IsDirectoryError(f'{path} is a directory')
+        if length < node.length:
+            if not allow_shrink:
                 raise ShrinkError(f'{path}: {length} is smaller than {node.length}')
-            if aligned and (length - node.length) % BLOCK_SIZE:
-                raise ExtentUnitError(f'growth by {length - node.length} is not a multiple '
-                                      f'of {BLOCK_SIZE}')
-            if length != node.length:
+            return self._shrink(node.id, length)
+        if aligned and (length - node.length) % BLOCK_SIZE:
+            raise ExtentUnitError(f'growth by {length - node.length} is not a multiple '
+                                  f'of {BLOCK_SIZE}')
+
+        def grow(txn: lmdb.Transaction) -> Node:
+            current = self._node(txn, node.id)
+            if length > current.length:
+                current.length = length
+                self._touch(txn, current, time.time_ns())
+            return current
+
+        return self._visible(self.meta.write(grow))
+
+    def _shrink(self, vol: int, length: int) -> Node:
+        size = self.chunk_size
+        keep = -(-length // size)  # chunks that still hold data
+        with self.data.flush_lock:
+            self.data.flush(vol)
+            with self.meta.read() as txn:
+                head = self._node(txn, vol)
+                mapped = [(idx, cid) for idx, seq, cid in self.meta.volume_chunks(txn, vol)
+                          if seq == head.seq]
+            if length % size:
+                # Zero the tail first: growing again must not bring old bytes back.
+                for idx, chunk_id in mapped:
+                    if idx == length // size:
+                        self.chunks.truncate(chunk_id, length % size)
+
+            def shrink(txn: lmdb.Transaction) -> Node:
+                node = self._node(txn, vol)
+                for idx, _chunk_id in mapped:
+                    if idx >= keep:
+                        txn.delete(map_key(vol, idx, node.seq), db=self.meta.db['chunkmap'])
                 node.length = length
                 self._touch(txn, node, time.time_ns())
-            return node
+                return node
 
-        return self.meta.write(resize)
+            node = self.meta.write(shrink)
+        for idx, chunk_id in mapped:
+            if idx >= keep:
+                self.chunks.remove(chunk_id)
+        return node
 
     def chown(self, path: str, new_owner: str, user: str | None = None) -> None:
         """Curve's ChangeOwner: root only; an open volume or a non-empty directory refuses."""
@@ -574,8 +706,7 @@ class VolumeHandle:
 
     def length(self) -> int:
         self._check_open()
-        with self.engine.meta.read() as txn:
-            return self.engine._node(txn, self.vol_id).length
+        return self.engine.node(self.vol_id).length
 
     def read(self, offset: int, length: int, clamp: bool = False) -> bytes:
         """Bytes at offset; past the end is an error, or with clamp a short read."""
@@ -583,12 +714,13 @@ class VolumeHandle:
         _check_io_args(offset, length)
         return self.engine.data.read(self.vol_id, offset, length, clamp)
 
-    def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
+    def write(self, offset: int, data: bytes | bytearray | memoryview, grow: bool = False) -> int:
+        """Write all of data; past the end is an error, or with grow the volume grows."""
         self._check_open()
         if not self.writable:
             raise ReadOnlyError('the volume was opened read-only')
         _check_io_args(offset, len(data))
-        return self.engine.data.write(self.vol_id, offset, data)
+        return self.engine.data.write(self.vol_id, offset, data, grow)
 
     def flush(self) -> None:
         """Durable and visible to other processes when this returns."""

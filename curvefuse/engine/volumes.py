@@ -60,6 +60,11 @@ class _Unflushed:
     new: dict[int, int] = field(default_factory=dict)  # chunk index -> uncommitted chunk id
     written: set[int] = field(default_factory=set)  # chunk ids that need an fsync
     mtime_ns: int = 0
+    length: int = 0  # grown by writes past the end (the mount's), not yet committed
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.new or self.written or self.length)
 
 
 def _process_identity() -> tuple[int, int]:
@@ -171,6 +176,8 @@ class DataPath:
         try:
             cache = self._snapshot(txn)
             vol_length, seq = self._head(txn, cache, vol)
+            if unflushed and unflushed.length > vol_length:
+                vol_length = unflushed.length
             if offset + length > vol_length:
                 if not clamp:
                     raise OutOfRangeError(f'read [{offset}, {offset + length}) past the end '
@@ -193,7 +200,9 @@ class DataPath:
         return b''.join(bytes(n) if chunk_id is None else self.chunks.pread(chunk_id, n, in_chunk)
                         for chunk_id, in_chunk, n in sources)
 
-    def write(self, vol: int, offset: int, data: bytes | memoryview) -> int:
+    def write(self, vol: int, offset: int, data: bytes | memoryview, grow: bool = False) -> int:
+        """Write all of data at offset. Past the end is an error, or with grow the volume
+        grows (committed with the data at the next flush)."""
         view = memoryview(data).cast('B')
         length = len(view)
         targets: list[tuple[CachedFd, int, int, int]] = []
@@ -203,10 +212,13 @@ class DataPath:
                 with self.meta.read() as txn:
                     cache = self._snapshot(txn)
                     vol_length, seq = self._head(txn, cache, vol)
-                    if offset + length > vol_length:
-                        raise OutOfRangeError(f'write [{offset}, {offset + length}) past the end '
-                                              f'({vol_length})')
                     unflushed = self._unflushed.setdefault(vol, _Unflushed())
+                    end = offset + length
+                    if end > max(vol_length, unflushed.length):
+                        if not grow:
+                            raise OutOfRangeError(f'write [{offset}, {end}) past the end '
+                                                  f'({max(vol_length, unflushed.length)})')
+                        unflushed.length = end
                     for idx, in_chunk, at, n in self._pieces(offset, length):
                         chunk_id = (unflushed.new.get(idx) or
                                     self._mapped(txn, cache, vol, idx, seq))
@@ -285,11 +297,11 @@ class DataPath:
         with self.flush_lock:
             with self.io_lock:
                 unflushed = self._unflushed.get(vol)
-                if unflushed is None or not (unflushed.written or unflushed.new):
+                if unflushed is None or not unflushed.dirty:
                     return
                 new = dict(unflushed.new)
                 written, unflushed.written = unflushed.written, set()
-                mtime_ns = unflushed.mtime_ns
+                mtime_ns, grown_to = unflushed.mtime_ns, unflushed.length
             try:
                 for chunk_id in written:
                     self.chunks.fsync(chunk_id)
@@ -305,6 +317,7 @@ class DataPath:
                 if node is None:
                     return list(new.values())
                 stale = []
+                node.length = max(node.length, grown_to)
                 for idx, chunk_id in new.items():
                     if idx * self.chunk_size >= node.length:
                         stale.append(chunk_id)
@@ -325,7 +338,9 @@ class DataPath:
                 for idx, chunk_id in new.items():
                     if unflushed.new.get(idx) == chunk_id:
                         del unflushed.new[idx]
-                if not (unflushed.new or unflushed.written):
+                if unflushed.length == grown_to:
+                    unflushed.length = 0
+                if not unflushed.dirty:
                     self._unflushed.pop(vol, None)
             for chunk_id in stale:
                 self.chunks.remove(chunk_id)
@@ -333,6 +348,11 @@ class DataPath:
     def flush_all(self) -> None:
         for vol in list(self._unflushed):
             self.flush(vol)
+
+    def pending_length(self, vol: int) -> int:
+        """How far this process's unflushed writes have grown the volume (0: not at all)."""
+        unflushed = self._unflushed.get(vol)
+        return unflushed.length if unflushed else 0
 
     def forget_volume(self, vol: int) -> list[int]:
         """Drop this process's unflushed state of a volume being destroyed; its new chunk ids."""

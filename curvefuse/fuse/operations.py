@@ -1,0 +1,369 @@
+"""CurveOperations: the store as a file tree, for pyfuse3. Translation only, no storage logic.
+
+- Inode numbers are node ids + 1 (the root directory, node 0, is FUSE's inode 1), so they are stable
+  across remounts. Nodes live in the store, not in this process, so nothing is freed in `forget`:
+  the kernel's lookup counts need no bookkeeping here.
+- Every other door may change the store at any time, so the kernel caches no entries and no
+  attributes (timeouts 0) and drops a file's cached pages when it is opened (keep_cache off): a
+  volume written and closed through CBDClient reads back new through the mount.
+- Directories read and attribute lookups are short LMDB reads, done inline; chunk IO and every
+  metadata write run in worker threads, so no handler blocks the trio loop.
+- Handlers raise only FUSEError: engine errors become the errno of the one table in
+  `curvefuse.errors`; anything unexpected is logged and answered with EIO.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from ..engine import RECYCLE_ID, Engine, Node, VolumeHandle
+from ..errors import EngineError, codes_for
+
+log = logging.getLogger(__name__)
+P = ParamSpec('P')
+T = TypeVar('T')
+
+XATTR_FACTS = 'user.curvefuse.'  # read-only attributes showing the engine's view of a node
+DEFAULT_MODES = {True: 0o755, False: 0o644}  # is_dir -> permission bits
+BLKSIZE = 128 * 1024  # what cp and friends size their buffers by
+
+
+def inode_of(node_id: int) -> int:
+    return node_id + 1
+
+
+def node_of(inode: int) -> int:
+    return inode - 1
+
+
+def fuse_errors(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """The only exception a pyfuse3 handler may raise is FUSEError; anything else kills the
+    mount. Engine errors map through the one table, the rest is a bug: logged, EIO."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except EngineError as exc:
+            log.debug('%s: %s', handler.__name__, exc)
+            raise pyfuse3.FUSEError(codes_for(exc).errno) from None
+        except Exception:
+            log.exception('unexpected error in %s', handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def _name(raw: bytes) -> str:
+    return os.fsdecode(raw)
+
+
+class CurveOperations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(self, engine: Engine, read_only: bool = False, allow_shrink: bool = False):
+        super().__init__()
+        self.engine = engine
+        self.read_only = read_only
+        self.allow_shrink = allow_shrink
+        self._files: dict[int, VolumeHandle] = {}
+        self._dirs: dict[int, list[Node]] = {}
+        self._next_fh = 1
+        # Bounds the worker threads (trio's own default is 40); LMDB writes serialize anyway.
+        self._limiter = trio.CapacityLimiter(16)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    def _new_fh(self) -> int:
+        fh, self._next_fh = self._next_fh, self._next_fh + 1
+        return fh
+
+    def _path(self, parent_inode: int, name: bytes | None = None) -> str:
+        base = self.engine.path_of(node_of(parent_inode))
+        if name is None:
+            return base
+        return base.rstrip('/') + '/' + _name(name)
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise pyfuse3.FUSEError(errno.EROFS)
+
+    # -- attributes ---------------------------------------------------------------------------
+
+    def _attributes(self, node: Node, allocated: int = 0) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = inode_of(node.id)
+        attr.generation = 0
+        attr.entry_timeout = 0
+        attr.attr_timeout = 0
+        mode = node.extra.get('mode', DEFAULT_MODES[node.is_dir])
+        attr.st_mode = (stat.S_IFDIR if node.is_dir else stat.S_IFREG) | mode
+        attr.st_nlink = 2 if node.is_dir else 1
+        attr.st_uid = node.extra.get('uid', 0)
+        attr.st_gid = node.extra.get('gid', 0)
+        attr.st_rdev = 0
+        attr.st_size = 0 if node.is_dir else node.length
+        attr.st_blksize = BLKSIZE
+        attr.st_blocks = -(-allocated // 512)
+        attr.st_atime_ns = attr.st_mtime_ns = node.mtime_ns
+        attr.st_ctime_ns = node.ctime_ns
+        attr.st_birthtime_ns = node.btime_ns
+        return attr
+
+    async def _full_attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        """With st_blocks, which needs a stat of every chunk file (so in a thread)."""
+        allocated = 0 if node.is_dir else await self._run(self.engine.data.allocated_bytes,
+                                                           node.id)
+        return self._attributes(node, allocated)
+
+    @fuse_errors
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        return await self._full_attributes(self.engine.child(node_of(parent_inode), _name(name)))
+
+    @fuse_errors
+    async def getattr(self, inode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        return await self._full_attributes(self.engine.node(node_of(inode)))
+
+    @fuse_errors
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any,
+                      fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
+        self._check_writable()
+        node_id = node_of(inode)
+        if fields.update_size:
+            path = self.engine.path_of(node_id)
+            await self._run(functools.partial(self.engine.resize, path, attr.st_size,
+                                              aligned=False, allow_shrink=self.allow_shrink))
+        posix = {}
+        if fields.update_mode:
+            posix['mode'] = stat.S_IMODE(attr.st_mode)
+        if fields.update_uid:
+            posix['uid'] = attr.st_uid
+        if fields.update_gid:
+            posix['gid'] = attr.st_gid
+        mtime = attr.st_mtime_ns if fields.update_mtime else None
+        if posix or mtime is not None:
+            await self._run(self.engine.set_attributes, node_id, posix, mtime)
+        return await self._full_attributes(self.engine.node(node_id))
+
+    @fuse_errors
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        """The backing disk's real capacity and free space, so df tells the truth."""
+        disk = os.statvfs(self.engine.data_dir)
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = disk.f_frsize  # equal, or df miscounts
+        data.f_blocks, data.f_bfree, data.f_bavail = disk.f_blocks, disk.f_bfree, disk.f_bavail
+        data.f_files, data.f_ffree, data.f_favail = disk.f_files, disk.f_ffree, disk.f_favail
+        data.f_namemax = 255
+        return data
+
+    # -- directories --------------------------------------------------------------------------
+
+    @fuse_errors
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        # The listing is taken once per open: readdir offsets index into it, so they stay
+        # stable while other doors change the directory.
+        fh = self._new_fh()
+        self._dirs[fh] = self.engine.children(node_of(inode))
+        return fh
+
+    @fuse_errors
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        entries = self._dirs[fh]
+        for index in range(start_id, len(entries)):
+            node = entries[index]
+            if not pyfuse3.readdir_reply(token, os.fsencode(node.name),
+                                         self._attributes(node), index + 1):
+                break
+
+    @fuse_errors
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    @fuse_errors
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: Any) -> pyfuse3.EntryAttributes:
+        self._check_writable()
+        posix = {'mode': stat.S_IMODE(mode), 'uid': ctx.uid, 'gid': ctx.gid}
+        node = await self._run(functools.partial(
+            self.engine.mkdir, self._path(parent_inode, name), posix=posix))
+        return self._attributes(node)
+
+    @fuse_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self._check_writable()
+        if not self.engine.child(node_of(parent_inode), _name(name)).is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        await self._run(self.engine.remove, self._path(parent_inode, name))
+
+    @fuse_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        """A volume goes to /RecycleBin (Curve's Unlink); in /RecycleBin it is destroyed."""
+        self._check_writable()
+        if self.engine.child(node_of(parent_inode), _name(name)).is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        await self._run(functools.partial(self.engine.remove, self._path(parent_inode, name),
+                                          check_open=False))
+
+    @fuse_errors
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: Any) -> None:
+        """Moving a volume out of /RecycleBin recovers it; a replaced volume goes there."""
+        self._check_writable()
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        if (parent_inode_old, name_old) == (parent_inode_new, name_new):
+            return
+        await self._run(functools.partial(
+            self.engine.rename, self._path(parent_inode_old, name_old),
+            self._path(parent_inode_new, name_new), check_open=False,
+            replace=not flags & pyfuse3.RENAME_NOREPLACE))
+
+    # -- volumes ------------------------------------------------------------------------------
+
+    def _open_handle(self, node: Node, flags: int) -> pyfuse3.FileInfo:
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if writable:
+            self._check_writable()
+        handle = VolumeHandle(self.engine, node.id, writable)
+        fh = self._new_fh()
+        self._files[fh] = handle
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False)
+
+    @fuse_errors
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        """A new, empty volume; writes past its end grow it (so cp works)."""
+        self._check_writable()
+        node = await self._make_volume(parent_inode, name, mode, ctx)
+        return self._open_handle(node, flags), self._attributes(node)
+
+    @fuse_errors
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: Any) -> pyfuse3.EntryAttributes:
+        self._check_writable()
+        if not stat.S_ISREG(mode):
+            raise pyfuse3.FUSEError(errno.EPERM)  # only volumes live here
+        return self._attributes(await self._make_volume(parent_inode, name, mode, ctx))
+
+    async def _make_volume(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Node:
+        posix = {'mode': stat.S_IMODE(mode), 'uid': ctx.uid, 'gid': ctx.gid}
+        return await self._run(functools.partial(
+            self.engine.create_volume, self._path(parent_inode, name), 0, aligned=False,
+            posix=posix))
+
+    @fuse_errors
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        node = self.engine.node(node_of(inode))
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & os.O_TRUNC and node.length:
+            # Truncating a disk image to nothing is a shrink: allowed only with allow_shrink.
+            self._check_writable()
+            await self._run(functools.partial(
+                self.engine.resize, self.engine.path_of(node.id), 0, aligned=False,
+                allow_shrink=self.allow_shrink))
+        return self._open_handle(node, flags)
+
+    @fuse_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self._run(functools.partial(self._files[fh].read, off, size, clamp=True))
+
+    @fuse_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self._run(functools.partial(self._files[fh].write, off, buf, grow=True))
+
+    @fuse_errors
+    async def flush(self, fh: int) -> None:
+        """Every close(): commit, so other doors see what was written."""
+        await self._run(self._files[fh].flush)
+
+    @fuse_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self._run(self._files[fh].flush)
+
+    @fuse_errors
+    async def release(self, fh: int) -> None:
+        handle = self._files.pop(fh, None)
+        if handle is not None:
+            await self._run(handle.close)
+
+    # -- extended attributes ------------------------------------------------------------------
+
+    def _facts(self, node: Node) -> dict[str, bytes]:
+        facts = {'id': node.id, 'owner': node.owner, 'status': node.status,
+                 'type': 'directory' if node.is_dir else 'volume'}
+        if not node.is_dir:
+            facts['allocated'] = self.engine.data.allocated_bytes(node.id)
+            facts['chunk_size'] = self.engine.chunk_size
+        if node.parent == RECYCLE_ID and 'original_path' in node.extra:
+            facts['original_path'] = node.extra['original_path']
+        return {XATTR_FACTS + key: str(value).encode() for key, value in facts.items()}
+
+    @staticmethod
+    def _settable(name: str) -> None:
+        if name.startswith(XATTR_FACTS):
+            raise pyfuse3.FUSEError(errno.EPERM)  # the engine's facts are read-only
+        if not name.startswith('user.'):
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+
+    @fuse_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        key = _name(name)
+        if key.startswith(XATTR_FACTS):
+            node = self.engine.node(node_of(inode))
+            value = (await self._run(self._facts, node)).get(key)
+        elif key.startswith('user.'):
+            value = self.engine.get_xattr(node_of(inode), key)
+        else:
+            value = None  # security.capability is asked on every write: answer fast
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    @fuse_errors
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        node = self.engine.node(node_of(inode))
+        names = list(await self._run(self._facts, node)) + self.engine.list_xattrs(node.id)
+        return [os.fsencode(name) for name in names]
+
+    @fuse_errors
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        self._check_writable()
+        key = _name(name)
+        self._settable(key)
+        await self._run(self.engine.set_xattr, node_of(inode), key, value)
+
+    @fuse_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        self._check_writable()
+        key = _name(name)
+        self._settable(key)
+        if not await self._run(self.engine.remove_xattr, node_of(inode), key):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    def close_all(self) -> None:
+        """At unmount: flush and close what the kernel left open."""
+        for handle in self._files.values():
+            try:
+                handle.close()
+            except EngineError as exc:
+                log.error('closing volume %d at unmount failed: %s', handle.vol_id, exc)
+        self._files.clear()
+
+
+__all__ = ['CurveOperations', 'inode_of', 'node_of']

@@ -1,0 +1,118 @@
+"""The real daemon, loop devices and mounts, for the integration tests (see conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HAVE_FUSE = os.path.exists('/dev/fuse') and shutil.which('fusermount3') is not None
+def have_cap_sys_resource() -> bool:
+    with open('/proc/self/status') as fh:
+        caps = next(line for line in fh if line.startswith('CapEff:')).split()[1]
+    return bool(int(caps, 16) & (1 << 24))
+
+
+def curvefuse(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the real `curvefuse` entry point."""
+    return subprocess.run([sys.executable, '-m', 'curvefuse.cli', *args], capture_output=True,
+                          text=True, timeout=timeout, check=check)
+
+
+class Daemon:
+    """One `curvefuse mount --foreground` process serving data_dir at mountpoint."""
+
+    def __init__(self, data_dir: Path, mountpoint: Path, log: Path, options: str | None = None):
+        self.data_dir, self.mountpoint, self.log = data_dir, mountpoint, log
+        self.options = options
+        self.proc: subprocess.Popen | None = None
+        self.expected_warnings: list[str] = []
+        if not have_cap_sys_resource():
+            self.expected_warnings.append('could not mark the daemon an I/O flusher')
+
+    def start(self, timeout: float = 30) -> None:
+        args = ['mount', '--foreground', '--log', str(self.log), str(self.data_dir),
+                str(self.mountpoint)]
+        if self.options:
+            args += ['-o', self.options]
+        self.proc = subprocess.Popen([sys.executable, '-m', 'curvefuse.cli', *args],
+                                     stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + timeout
+        while not os.path.ismount(self.mountpoint):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f'daemon exited {self.proc.returncode}: '
+                                   f'{self.proc.stderr.read()}')
+            if time.monotonic() > deadline:
+                raise RuntimeError('mount did not appear')
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Unmount as a user would and require the daemon to exit cleanly."""
+        assert self.proc is not None
+        result = subprocess.run(['fusermount3', '-u', str(self.mountpoint)], capture_output=True,
+                                text=True)
+        assert result.returncode == 0, result.stderr
+        assert self.proc.wait(timeout=60) == 0, self.proc.stderr.read()
+        self.proc = None
+
+    def kill(self) -> None:
+        """Emergency teardown: lazy unmount, then terminate and kill our own daemon only."""
+        if os.path.ismount(self.mountpoint):
+            subprocess.run(['fusermount3', '-z', '-u', str(self.mountpoint)],
+                           capture_output=True)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def log_problems(self) -> list[str]:
+        """WARNING/ERROR lines and tracebacks in the daemon's log nobody declared."""
+        if not self.log.exists():
+            return []
+        return [line for line in self.log.read_text().splitlines()
+                if re.search(r' (WARNING|ERROR|CRITICAL) |Traceback', line)
+                and not any(w in line for w in self.expected_warnings)]
+
+
+class Cleanup:
+    """Loop devices and mounts a test made, undone in reverse order even when it fails."""
+
+    def __init__(self) -> None:
+        self.loops: list[str] = []
+        self.mounts: list[Path] = []
+
+    def attach(self, path: Path, *options: str) -> str:
+        device = subprocess.run(['losetup', '-f', '--show', *options, str(path)], check=True,
+                                capture_output=True, text=True).stdout.strip()
+        self.loops.append(device)
+        return device
+
+    def detach(self, device: str) -> None:
+        subprocess.run(['losetup', '-d', device], check=True)
+        self.loops.remove(device)
+
+    def mount(self, device: str, target: Path, *options: str) -> None:
+        target.mkdir(exist_ok=True)
+        subprocess.run(['mount', *options, device, str(target)], check=True)
+        self.mounts.append(target)
+
+    def umount(self, target: Path) -> None:
+        subprocess.run(['umount', str(target)], check=True)
+        self.mounts.remove(target)
+
+    def undo(self) -> None:
+        for target in reversed(self.mounts):
+            if subprocess.run(['umount', str(target)]).returncode != 0:
+                subprocess.run(['umount', '-l', str(target)])
+        for device in reversed(self.loops):
+            subprocess.run(['losetup', '-d', device])
+        self.mounts.clear()
+        self.loops.clear()
