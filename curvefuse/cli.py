@@ -8,8 +8,10 @@ not run; 2 usage errors (argparse) and, for fsck, corruption found; 3 fsck found
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
+import signal
 import sys
 
 from . import DEFAULT_DATA_DIR, __version__
@@ -60,6 +62,10 @@ def _mount(args: argparse.Namespace) -> int:
         handler.setFormatter(logging.Formatter('%(asctime)s %(process)d %(levelname)s '
                                                '%(name)s: %(message)s'))
         logging.getLogger().handlers[:] = [handler]
+        # kill -USR1 <daemon> writes every thread's stack to the log: for hangs.
+        faulthandler.register(signal.SIGUSR1, file=handler.stream, all_threads=True)
+    else:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     run_foreground(args.data_dir, args.mountpoint, options, args.ready_fd)
     return 0
 

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from . import DEFAULT_DATA_DIR
 from .api import Store, Volume, open_store
 from .engine import BLOCK_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_ROOT_PASSWORD
+from .engine.store import encoded
 from .errors import (AccessError, BadHandleError, CurveCode, EngineError, InvalidArgumentError, NotAlignedError,
                      codes_for)
 
@@ -92,7 +93,7 @@ def _returns_code(method: Callable[..., T]) -> Callable[..., T | int]:
     return wrapper
 
 
-def read_client_conf(path: str) -> dict[str, str]:
+def read_client_conf(path: str | bytes) -> dict[str, str]:
     """Curve's client.conf format: key=value lines, # comments, blank lines."""
     conf: dict[str, str] = {}
     with open(path, encoding='utf-8') as fh:
@@ -119,6 +120,9 @@ class CBDClient:
         """Open the store named by confpath's curvefuse.data_dir; 0, or -2 on failure."""
         if self._store is not None:
             return 0
+        if not isinstance(confpath, (str, bytes)):
+            log.error('CBDClient.Init: the conf path must be a string, not %r', confpath)
+            return -int(CurveCode.FAILED)
         try:
             conf = read_client_conf(confpath)
             self._store = open_store(
@@ -168,7 +172,7 @@ class CBDClient:
 
     @_returns_code
     def StatFile(self, filename: str, user: UserInfo_t, finfo: FileInfo_t) -> int:  # noqa: N802
-        if finfo is None:
+        if not isinstance(finfo, FileInfo_t):
             raise InvalidArgumentError('finfo must be a FileInfo_t')
         entry = self._as(user).stat(filename)
         finfo.id, finfo.parentid, finfo.length = entry.id, entry.parent_id, entry.length
@@ -279,7 +283,7 @@ class CBDClient:
         """length on success. A str buf is written as UTF-8 (Curve's Python 3 binding would
         raise TypeError); length may not exceed the buffer (Curve would read past it)."""
         volume = self._volume(fd, offset, length)
-        data = buf.encode('utf-8', 'surrogateescape') if isinstance(buf, str) else buf
+        data = encoded(buf, 'buf') if isinstance(buf, str) else buf
         try:
             view = memoryview(data).cast('B')
         except TypeError:

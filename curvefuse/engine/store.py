@@ -48,6 +48,15 @@ MAX_XATTR_VALUE = 65536  # Linux's XATTR_SIZE_MAX
 STATUS_CREATED = 0
 
 
+def encoded(text: str, what: str) -> bytes:
+    """text as stored (UTF-8; bytes that are not UTF-8 ride through surrogateescape); a string
+    that cannot be encoded at all (a lone surrogate) is bad input, not a crash."""
+    try:
+        return text.encode('utf-8', 'surrogateescape')
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(f'{what} is not valid text: {text!r}') from None
+
+
 def split_path(path: object) -> list[str]:
     """The components of a valid Curve path; InvalidArgumentError for anything else."""
     if not isinstance(path, str):
@@ -56,7 +65,7 @@ def split_path(path: object) -> list[str]:
         raise InvalidArgumentError(f'path must be absolute: {path!r}')
     if '\0' in path:
         raise InvalidArgumentError('path contains a NUL byte')
-    if len(path.encode('utf-8', 'surrogateescape')) > MAX_PATH_BYTES:
+    if len(encoded(path, 'path')) > MAX_PATH_BYTES:
         raise NameTooLongError(f'path longer than {MAX_PATH_BYTES} bytes')
     if path == '/':
         return []
@@ -72,7 +81,7 @@ def check_name(name: str, context: str | None = None) -> None:
         raise InvalidArgumentError(f'empty, "." or ".." component{where}')
     if '/' in name or '\0' in name:
         raise InvalidArgumentError(f'name {name!r} contains "/" or NUL')
-    if len(name.encode('utf-8', 'surrogateescape')) > MAX_NAME_BYTES:
+    if len(encoded(name, 'name')) > MAX_NAME_BYTES:
         raise NameTooLongError(f'name longer than {MAX_NAME_BYTES} bytes{where}')
 
 
@@ -83,7 +92,7 @@ def check_user(user: object) -> None:
         raise InvalidArgumentError(f'user must be a string, not {type(user).__name__}')
     if not user:
         raise AccessError('empty user name')
-    if '\0' in user or len(user.encode('utf-8', 'surrogateescape')) > MAX_NAME_BYTES:
+    if '\0' in user or len(encoded(user, 'user name')) > MAX_NAME_BYTES:
         raise InvalidArgumentError('user name contains NUL or is longer than 255 bytes')
 
 
@@ -241,7 +250,11 @@ class Engine:
             raise AccessError('no user given')
         if owner == ROOT_USER:
             given = password if isinstance(password, str) else ''
-            if not hmac.compare_digest(given.encode(), self._root_password.encode()):
+            try:
+                right = hmac.compare_digest(given.encode(), self._root_password.encode())
+            except UnicodeEncodeError:
+                right = False
+            if not right:
                 raise AccessError('wrong root password')
 
     def set_root_password(self, password: str) -> None:
@@ -272,8 +285,6 @@ class Engine:
                 raise NotFoundError(f'{path}: no such directory {name!r}')
             current = self._node(txn, child_id)
             if not current.is_dir:
-                if _privileged(user):
-                    raise NotFoundError(f'{path}: {name!r} is not a directory')
                 raise NotDirectoryError(f'{path}: {name!r} is not a directory')
             _check_owner(current, user)
         child_id = self.meta.lookup(txn, current.id, parts[-1])
@@ -360,7 +371,7 @@ class Engine:
             return names
 
     def set_xattr(self, node_id: int, name: str, value: bytes) -> None:
-        if len(name.encode('utf-8', 'surrogateescape')) > MAX_NAME_BYTES:
+        if len(encoded(name, 'attribute name')) > MAX_NAME_BYTES:
             raise NameTooLongError('attribute name longer than 255 bytes')
         if len(value) > MAX_XATTR_VALUE:
             raise InvalidArgumentError(f'attribute value larger than {MAX_XATTR_VALUE} bytes')

@@ -12,10 +12,12 @@ the child reports the mount live (or prints the child's error). Files in DATA_DI
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -144,7 +146,13 @@ def run_foreground(data_dir: str, mountpoint: str, options: MountOptions,
     """Mount and serve until unmounted or signalled; flush everything before returning."""
     data_dir = os.path.realpath(data_dir)
     mountpoint = os.path.realpath(mountpoint)
-    if not os.path.isdir(mountpoint):
+    try:
+        mode = os.stat(mountpoint).st_mode
+    except OSError as exc:  # ENOTCONN: a crashed FUSE mount is still there
+        hint = f' (a crashed mount? run "fusermount3 -u {mountpoint}")' if exc.errno == \
+            errno.ENOTCONN else ''
+        raise InvalidArgumentError(f'mount point {mountpoint}: {exc.strerror}{hint}') from None
+    if not stat.S_ISDIR(mode):
         raise InvalidArgumentError(f'mount point {mountpoint} is not a directory')
     with ExitStack() as stack:
         engine = Engine.open(data_dir)
@@ -167,7 +175,8 @@ def run_foreground(data_dir: str, mountpoint: str, options: MountOptions,
                 os.close(ready_fd)
                 _detach_stdio()
             trio.run(_serve, ops)
-            unmounted = not os.path.ismount(mountpoint)
+            # Not os.path.ismount: a stat of our own mount would wait forever for ourselves.
+            unmounted = not any(dst == mountpoint for _src, dst, _kind in _mounts())
         finally:
             ops.close_all()
             pyfuse3.close(unmount=not unmounted)
@@ -198,8 +207,11 @@ def start_daemon(argv: list[str], timeout: float = 60) -> None:
         proc.stderr.close()  # the daemon logs to its log file from now on
         return
     proc.wait(timeout)
-    message = proc.stderr.read().decode(errors='replace').strip().splitlines()
-    raise MountError(message[-1] if message else f'the daemon exited with {proc.returncode}')
+    lines = proc.stderr.read().decode(errors='replace').strip().splitlines()
+    if not lines:
+        raise MountError(f'the daemon exited with {proc.returncode}')
+    prefix = 'curvefuse mount: '  # the daemon's own one-line error; ours says it again
+    raise MountError(lines[-1][len(prefix):] if lines[-1].startswith(prefix) else lines[-1])
 
 
 class MountError(Exception):

@@ -11,6 +11,11 @@ import time
 from pathlib import Path
 
 HAVE_FUSE = os.path.exists('/dev/fuse') and shutil.which('fusermount3') is not None
+def in_proc_mounts(path: Path) -> bool:
+    with open('/proc/mounts') as fh:
+        return any(line.split()[1] == str(path) for line in fh)
+
+
 def have_cap_sys_resource() -> bool:
     with open('/proc/self/status') as fh:
         caps = next(line for line in fh if line.startswith('CapEff:')).split()[1]
@@ -61,7 +66,7 @@ class Daemon:
 
     def kill(self) -> None:
         """Emergency teardown: lazy unmount, then terminate and kill our own daemon only."""
-        if os.path.ismount(self.mountpoint):
+        if in_proc_mounts(self.mountpoint):  # not ismount: a dead mount answers ENOTCONN
             subprocess.run(['fusermount3', '-z', '-u', str(self.mountpoint)],
                            capture_output=True)
         if self.proc is not None and self.proc.poll() is None:

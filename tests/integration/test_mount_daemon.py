@@ -7,7 +7,9 @@ import signal
 import subprocess
 from pathlib import Path
 
-from .helpers import Daemon, curvefuse
+import pytest
+
+from .helpers import Daemon, curvefuse, have_cap_sys_resource
 
 
 def test_mount_shows_in_proc_mounts_as_fuse_curvefuse(mounted: Daemon) -> None:
@@ -16,3 +18,99 @@ def test_mount_shows_in_proc_mounts_as_fuse_curvefuse(mounted: Daemon) -> None:
     assert entry[0] == str(mounted.data_dir)
     assert entry[2] == 'fuse.curvefuse'
     assert sorted(os.listdir(mounted.mountpoint)) == ['RecycleBin']
+
+
+def test_second_daemon_on_the_same_store_is_refused(mounted: Daemon, tmp_path: Path) -> None:
+    other = tmp_path / 'other'
+    other.mkdir()
+    result = curvefuse('mount', '--foreground', str(mounted.data_dir), str(other), check=False)
+    assert result.returncode == 1
+    assert f'already mounted by pid {mounted.proc.pid} at {mounted.mountpoint}' in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # one line, no traceback
+    assert not os.path.ismount(other)
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_signals_flush_unmount_and_exit_0(daemon_factory, signum: int) -> None:
+    daemon = daemon_factory()
+    daemon.start()
+    payload = os.urandom(3 * 2**20 + 5)
+    (daemon.mountpoint / 'vol').write_bytes(payload)
+    daemon.proc.send_signal(signum)
+    assert daemon.proc.wait(timeout=60) == 0
+    daemon.proc = None
+    assert not os.path.ismount(daemon.mountpoint)
+    daemon.start()
+    assert (daemon.mountpoint / 'vol').read_bytes() == payload
+
+
+def test_daemonized_mount_and_waiting_umount(daemon_factory, data_dir: Path) -> None:
+    """`curvefuse mount` returns once the mount is live; `curvefuse umount` returns once the
+    daemon has flushed everything and exited."""
+    daemon = daemon_factory()  # only for its mount point and log checks
+    result = curvefuse('mount', str(data_dir), str(daemon.mountpoint), '--log', str(daemon.log))
+    assert result.returncode == 0, result.stderr
+    assert os.path.ismount(daemon.mountpoint)
+    with open(data_dir / 'mount.lock') as fh:
+        pid = int(fh.read().split()[0])
+    try:
+        (daemon.mountpoint / 'vol').write_bytes(b'x' * 10000)
+        result = curvefuse('umount', str(daemon.mountpoint))
+        assert result.returncode == 0, result.stderr
+        assert not os.path.ismount(daemon.mountpoint)
+        assert not running(pid)
+    finally:
+        if os.path.ismount(daemon.mountpoint):
+            subprocess.run(['fusermount3', '-z', '-u', str(daemon.mountpoint)])
+        if running(pid):
+            os.kill(pid, signal.SIGKILL)
+    assert not (data_dir / 'mount.dirty').exists()
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an exited daemon waits for a reaper that may be slow here)."""
+    try:
+        with open(f'/proc/{pid}/stat') as fh:
+            return fh.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except FileNotFoundError:
+        return False
+
+
+def test_mount_after_a_crash_checks_the_store_first(daemon_factory, data_dir: Path) -> None:
+    daemon = daemon_factory()
+    daemon.start()
+    (daemon.mountpoint / 'vol').write_bytes(b'y' * 100000)
+    daemon.proc.kill()
+    daemon.proc.wait()
+    daemon.kill()  # the dead mount point needs a lazy unmount
+    assert (data_dir / 'mount.dirty').exists()
+    daemon.expected_warnings.append('did not stop cleanly')
+    daemon.start()
+    assert 'did not stop cleanly' in daemon.log.read_text()
+    assert (daemon.mountpoint / 'vol').read_bytes() == b'y' * 100000
+
+
+def test_io_flusher_is_set_where_the_kernel_allows(mounted: Daemon) -> None:
+    """PR_SET_IO_FLUSHER needs CAP_SYS_RESOURCE; without it the daemon says so and goes on."""
+    warned = 'could not mark the daemon an I/O flusher' in mounted.log.read_text()
+    assert warned != have_cap_sys_resource()
+
+
+@pytest.mark.parametrize('args, message', [
+    (['-o', 'bogus'], "unknown mount option 'bogus'"),
+    (['--foreground'], 'is not a curvefuse store'),
+])
+def test_bad_mounts_are_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    target = tmp_path / 'mnt'
+    target.mkdir()
+    result = curvefuse('mount', str(tmp_path / 'nostore'), str(target), *args, check=False)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert 'Traceback' not in result.stderr
+    assert not os.path.ismount(target)
+
+
+def test_umount_of_something_else_is_refused(tmp_path: Path) -> None:
+    result = curvefuse('umount', str(tmp_path), check=False)
+    assert result.returncode == 1
+    assert 'is not a curvefuse mount' in result.stderr
