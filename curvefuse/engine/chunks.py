@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 _FD_CACHE_SIZE = 512
 
 
+class WouldBlock(Exception):
+    """A nowait call would have had to wait for the disk (or for metadata writes); retry it
+    without nowait where blocking is fine (a worker thread)."""
+
+
 def storage_error(exc: OSError, what: str) -> Exception:
     """Turn an OSError from the disk into the engine's error for it."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -92,10 +97,11 @@ class ChunkStore:
         if entry.users == 0:
             os.close(entry.fd)
 
-    def pread(self, chunk_id: int, length: int, offset: int) -> bytes:
+    def pread(self, chunk_id: int, length: int, offset: int, nowait: bool = False) -> bytes:
         """Read; a chunk file is shorter than a chunk where its tail was never written.
 
-        The hot path of every read, so `acquire`/`release` are written out inline here.
+        With nowait, WouldBlock unless every byte is in the page cache (RWF_NOWAIT). The hot
+        path of every read, so `acquire`/`release` are written out inline here.
         """
         lock = self._lock
         with lock:
@@ -104,7 +110,16 @@ class ChunkStore:
                 entry = self._open_locked(chunk_id)
             entry.users += 1
         try:
+            if nowait:
+                buf = bytearray(length)
+                # A short answer may be a cache boundary or the end of the file: let the
+                # blocking path tell them apart.
+                if os.preadv(entry.fd, [buf], offset, os.RWF_NOWAIT) < length:
+                    raise WouldBlock()
+                return bytes(buf)
             data = os.pread(entry.fd, length, offset)
+        except BlockingIOError:
+            raise WouldBlock() from None
         except OSError as exc:
             raise storage_error(exc, f'reading chunk {chunk_id:x}') from exc
         finally:

@@ -440,6 +440,9 @@ class Engine:
             self.meta.put_node(txn, node)
             return node
 
+        if mtime_ns is not None:
+            # cp -p sets the time after writing: the next flush must not put "now" back.
+            self.data.forget_write_time(node_id)
         return self._visible(self.meta.write(change))
 
     def _ensure_can_change(self, node: Node) -> None:
@@ -450,9 +453,11 @@ class Engine:
     def _recycle(self, txn: lmdb.Transaction, node: Node, original_path: str, now: int) -> None:
         """Move a volume into /RecycleBin as "<name>-<id>", remembering where it was."""
         suffix = f'-{node.id}'
-        base = node.name.encode('utf-8', 'surrogateescape')[:MAX_NAME_BYTES - len(suffix)]
+        base = node.name
+        while len(encoded(base, 'name')) > MAX_NAME_BYTES - len(suffix):
+            base = base[:-1]  # whole characters (or escaped bytes), never half of one
         self.meta.unlink(txn, node.parent, node.name)
-        node.parent, node.name = RECYCLE_ID, base.decode('utf-8', 'ignore') + suffix
+        node.parent, node.name = RECYCLE_ID, base + suffix
         node.extra.update(original_path=original_path, deleted_ns=now)
         node.ctime_ns = now
         self.meta.link(txn, RECYCLE_ID, node.name, node.id)
@@ -572,11 +577,12 @@ class Engine:
         self._touch(txn, parent, now)
 
     def rename(self, old: str, new: str, user: str | None = None, check_open: bool = True,
-               replace: bool = True) -> None:
+               replace: bool = True, posix: bool = False) -> None:
         """Curve's Rename: across directories; over an existing volume, which goes to the
         recycle bin. Directories may be renamed too (Curve refuses; see the README).
-        check_open=False allows renaming open volumes (POSIX, for the mount); replace=False
-        refuses an existing target (RENAME_NOREPLACE)."""
+        check_open=False allows renaming open volumes; replace=False refuses an existing
+        target (RENAME_NOREPLACE); posix=True follows rename(2) for directory targets (an empty
+        one is replaced, ENOTEMPTY, EISDIR, ENOTDIR) where Curve answers EXISTS."""
         old_parts, new_parts = split_path(old), split_path(new)
         if not old_parts or not new_parts:
             raise InvalidArgumentError('/ cannot be renamed')
@@ -596,15 +602,29 @@ class Engine:
             if target.parent.id == RECYCLE_ID:
                 raise NotSupportedError('remove a volume to put it in /RecycleBin')
             if target.node is not None:
-                if target.node.is_dir or node.is_dir or not replace:
+                if not replace or not posix and (target.node.is_dir or node.is_dir):
                     raise ExistsError(f'{new} exists')
                 _check_owner(target.node, user)
-                if check_open:
-                    self._ensure_can_change(target.node)
-                self._recycle(txn, target.node, new, time.time_ns())
+                if target.node.is_dir:
+                    self._replace_directory(txn, node, target.node, new)
+                elif node.is_dir:
+                    raise NotDirectoryError(f'{new} is a volume, {old} a directory')
+                else:
+                    if check_open:
+                        self._ensure_can_change(target.node)
+                    self._recycle(txn, target.node, new, time.time_ns())
             self._move(txn, node, target.parent, target.name)
 
         self.meta.write(rename)
+
+    def _replace_directory(self, txn: lmdb.Transaction, node: Node, target: Node,
+                           path: str) -> None:
+        """rename(2) onto a directory: only a directory onto an empty one."""
+        if not node.is_dir:
+            raise IsDirectoryError(f'{path} is a directory')
+        if self.meta.has_entries(txn, target.id):
+            raise NotEmptyError(f'{path} is not empty')
+        self._forget_node(txn, target)
 
     def resize(self, path: str, length: int, user: str | None = None, aligned: bool = True,
                allow_shrink: bool = False) -> Node:
@@ -719,19 +739,22 @@ class VolumeHandle:
         self._check_open()
         return self.engine.node(self.vol_id).length
 
-    def read(self, offset: int, length: int, clamp: bool = False) -> bytes:
-        """Bytes at offset; past the end is an error, or with clamp a short read."""
+    def read(self, offset: int, length: int, clamp: bool = False, nowait: bool = False) -> bytes:
+        """Bytes at offset; past the end is an error, or with clamp a short read. nowait: see
+        `DataPath.read`."""
         self._check_open()
         _check_io_args(offset, length)
-        return self.engine.data.read(self.vol_id, offset, length, clamp)
+        return self.engine.data.read(self.vol_id, offset, length, clamp, nowait)
 
-    def write(self, offset: int, data: bytes | bytearray | memoryview, grow: bool = False) -> int:
-        """Write all of data; past the end is an error, or with grow the volume grows."""
+    def write(self, offset: int, data: bytes | bytearray | memoryview, grow: bool = False,
+              nowait: bool = False) -> int:
+        """Write all of data; past the end is an error, or with grow the volume grows.
+        nowait: see `DataPath.write`."""
         self._check_open()
         if not self.writable:
             raise ReadOnlyError('the volume was opened read-only')
         _check_io_args(offset, len(data))
-        return self.engine.data.write(self.vol_id, offset, data, grow)
+        return self.engine.data.write(self.vol_id, offset, data, grow, nowait)
 
     def flush(self) -> None:
         """Durable and visible to other processes when this returns."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import lmdb
 
 from ..errors import IsDirectoryError, NotFoundError, OutOfRangeError
-from .chunks import CachedFd, ChunkStore
+from .chunks import CachedFd, ChunkStore, WouldBlock
 from .meta import KIND_VOLUME, NODE_HEAD, U64, MetaStore, map_key
 
 log = logging.getLogger(__name__)
@@ -158,9 +158,10 @@ class DataPath:
 
     # -- IO -------------------------------------------------------------------------------
 
-    def read(self, vol: int, offset: int, length: int, clamp: bool = False) -> bytes:
+    def read(self, vol: int, offset: int, length: int, clamp: bool = False,
+             nowait: bool = False) -> bytes:
         """length bytes at offset; with clamp, fewer at the end of the volume instead of an
-        OutOfRangeError."""
+        OutOfRangeError. With nowait, WouldBlock unless the data is in the page cache."""
         size = self.chunk_size
         first, last = offset // size, (offset + length - 1) // size
         unflushed = self._unflushed.get(vol)
@@ -196,13 +197,21 @@ class DataPath:
         if sources is None:
             if chunk_id is None:
                 return bytes(length)
-            return self.chunks.pread(chunk_id, length, offset - first * size)
-        return b''.join(bytes(n) if chunk_id is None else self.chunks.pread(chunk_id, n, in_chunk)
+            return self.chunks.pread(chunk_id, length, offset - first * size, nowait)
+        return b''.join(bytes(n) if chunk_id is None else
+                        self.chunks.pread(chunk_id, n, in_chunk, nowait)
                         for chunk_id, in_chunk, n in sources)
 
-    def write(self, vol: int, offset: int, data: bytes | memoryview, grow: bool = False) -> int:
+    def write(self, vol: int, offset: int, data: bytes | memoryview, grow: bool = False,
+              nowait: bool = False) -> int:
         """Write all of data at offset. Past the end is an error, or with grow the volume
-        grows (committed with the data at the next flush)."""
+        grows (committed with the data at the next flush).
+
+        With nowait, WouldBlock (before anything changed) if the write must allocate or free a
+        chunk, which writes metadata. A page-cache write itself is not proven non-blocking
+        (Linux refuses RWF_NOWAIT for buffered writes on ext4): the kernel may throttle a writer
+        that dirties memory faster than the disk drains it.
+        """
         view = memoryview(data).cast('B')
         length = len(view)
         targets: list[tuple[CachedFd, int, int, int]] = []
@@ -214,16 +223,17 @@ class DataPath:
                     vol_length, seq = self._head(txn, cache, vol)
                     unflushed = self._unflushed.setdefault(vol, _Unflushed())
                     end = offset + length
-                    if end > max(vol_length, unflushed.length):
-                        if not grow:
-                            raise OutOfRangeError(f'write [{offset}, {end}) past the end '
-                                                  f'({max(vol_length, unflushed.length)})')
-                        unflushed.length = end
+                    grows = end > max(vol_length, unflushed.length)
+                    if grows and not grow:
+                        raise OutOfRangeError(f'write [{offset}, {end}) past the end '
+                                              f'({max(vol_length, unflushed.length)})')
                     for idx, in_chunk, at, n in self._pieces(offset, length):
                         chunk_id = (unflushed.new.get(idx) or
                                     self._mapped(txn, cache, vol, idx, seq))
                         piece = view[at:at + n]
                         whole = n == self.chunk_size
+                        if nowait and (chunk_id is None or whole):
+                            raise WouldBlock()
                         if (chunk_id is None or whole) and piece == self._zeros[:n]:
                             # Zeros where nothing is allocated need no chunk; a whole chunk of
                             # zeros gives its chunk back (the only discard FUSE lets us see).
@@ -237,6 +247,8 @@ class DataPath:
                         targets.append((self.chunks.acquire(chunk_id, create=create),
                                         in_chunk, at, n))
                         unflushed.written.add(chunk_id)
+                    if grows:
+                        unflushed.length = end
                     unflushed.mtime_ns = time.time_ns()
             for entry, in_chunk, at, n in targets:
                 self.chunks.pwrite(entry, view[at:at + n], in_chunk)
@@ -329,7 +341,8 @@ class DataPath:
                                     'the later flush wins', vol, idx)
                         stale.append(U64.unpack(old)[0])
                     txn.put(key, U64.pack(chunk_id), db=self.meta.db['chunkmap'])
-                node.mtime_ns = node.ctime_ns = max(node.mtime_ns, mtime_ns)
+                if mtime_ns:
+                    node.mtime_ns = node.ctime_ns = max(node.mtime_ns, mtime_ns)
                 self.meta.put_node(txn, node)
                 return stale
 
@@ -348,6 +361,13 @@ class DataPath:
     def flush_all(self) -> None:
         for vol in list(self._unflushed):
             self.flush(vol)
+
+    def forget_write_time(self, vol: int) -> None:
+        """An explicit mtime was set: the next flush keeps it instead of the last write's."""
+        with self.io_lock:
+            unflushed = self._unflushed.get(vol)
+            if unflushed is not None:
+                unflushed.mtime_ns = 0
 
     def pending_length(self, vol: int) -> int:
         """How far this process's unflushed writes have grown the volume (0: not at all)."""

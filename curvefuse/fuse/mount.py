@@ -78,6 +78,18 @@ class MountOptions:
         return opts
 
 
+class _LateReplyFilter(logging.Filter):
+    """pyfuse3 logs an ERROR when a reply finds the kernel no longer waiting (ENOENT): a
+    RELEASE answered just after the unmount, or an interrupted request. Nothing was lost (the
+    close had flushed), so it is worth a line at INFO, not an alarm."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and \
+                'failed with No such file or directory' in record.getMessage():
+            record.levelno, record.levelname = logging.INFO, 'INFO'
+        return True
+
+
 def _lock_store(data_dir: str, mountpoint: str, stack: ExitStack) -> None:
     path = os.path.join(data_dir, LOCK_NAME)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -154,7 +166,10 @@ def run_foreground(data_dir: str, mountpoint: str, options: MountOptions,
         raise InvalidArgumentError(f'mount point {mountpoint}: {exc.strerror}{hint}') from None
     if not stat.S_ISDIR(mode):
         raise InvalidArgumentError(f'mount point {mountpoint} is not a directory')
+    late_replies = _LateReplyFilter()
+    logging.getLogger('pyfuse3').addFilter(late_replies)
     with ExitStack() as stack:
+        stack.callback(logging.getLogger('pyfuse3').removeFilter, late_replies)
         engine = Engine.open(data_dir)
         stack.callback(engine.close)
         _lock_store(data_dir, mountpoint, stack)

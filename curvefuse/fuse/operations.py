@@ -19,13 +19,14 @@ import functools
 import logging
 import os
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
 
-from ..engine import RECYCLE_ID, Engine, Node, VolumeHandle
+from ..engine import RECYCLE_ID, Engine, Node, VolumeHandle, WouldBlock
 from ..errors import EngineError, codes_for
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ T = TypeVar('T')
 XATTR_FACTS = 'user.curvefuse.'  # read-only attributes showing the engine's view of a node
 DEFAULT_MODES = {True: 0o755, False: 0o644}  # is_dir -> permission bits
 BLKSIZE = 128 * 1024  # what cp and friends size their buffers by
+ALLOCATED_TTL = 1.0  # seconds st_blocks may lag behind writes made through other doors
 
 
 def inode_of(node_id: int) -> int:
@@ -80,6 +82,7 @@ class CurveOperations(pyfuse3.Operations):
         self.allow_shrink = allow_shrink
         self._files: dict[int, VolumeHandle] = {}
         self._dirs: dict[int, list[Node]] = {}
+        self._allocated: dict[int, tuple[float, int]] = {}  # volume -> (when, bytes on disk)
         self._next_fh = 1
         # Bounds the worker threads (trio's own default is 40); LMDB writes serialize anyway.
         self._limiter = trio.CapacityLimiter(16)
@@ -124,10 +127,17 @@ class CurveOperations(pyfuse3.Operations):
         return attr
 
     async def _full_attributes(self, node: Node) -> pyfuse3.EntryAttributes:
-        """With st_blocks, which needs a stat of every chunk file (so in a thread)."""
-        allocated = 0 if node.is_dir else await self._run(self.engine.data.allocated_bytes,
-                                                           node.id)
-        return self._attributes(node, allocated)
+        """With st_blocks. That needs a stat of every chunk file (so in a thread), and the kernel
+        asks for attributes before every read: the answer is kept until this mount writes the
+        volume or ALLOCATED_TTL passes (for other doors' writes)."""
+        if node.is_dir:
+            return self._attributes(node)
+        cached = self._allocated.get(node.id)
+        if cached is None or time.monotonic() - cached[0] > ALLOCATED_TTL:
+            stamp = time.monotonic()
+            cached = (stamp, await self._run(self.engine.data.allocated_bytes, node.id))
+            self._allocated[node.id] = cached
+        return self._attributes(node, cached[1])
 
     @fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
@@ -229,7 +239,7 @@ class CurveOperations(pyfuse3.Operations):
         await self._run(functools.partial(
             self.engine.rename, self._path(parent_inode_old, name_old),
             self._path(parent_inode_new, name_new), check_open=False,
-            replace=not flags & pyfuse3.RENAME_NOREPLACE))
+            replace=not flags & pyfuse3.RENAME_NOREPLACE, posix=True))
 
     # -- volumes ------------------------------------------------------------------------------
 
@@ -279,16 +289,30 @@ class CurveOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return await self._run(functools.partial(self._files[fh].read, off, size, clamp=True))
+        # Inline when the page cache has it (a thread hop costs more than the read itself).
+        handle = self._files[fh]
+        try:
+            return handle.read(off, size, clamp=True, nowait=True)
+        except WouldBlock:
+            return await self._run(functools.partial(handle.read, off, size, clamp=True))
 
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return await self._run(functools.partial(self._files[fh].write, off, buf, grow=True))
+        # Inline unless it must allocate (metadata writes). The page-cache copy itself is not
+        # proven non-blocking: the kernel may throttle us when the disk falls behind.
+        handle = self._files[fh]
+        self._allocated.pop(handle.vol_id, None)
+        try:
+            return handle.write(off, buf, grow=True, nowait=True)
+        except WouldBlock:
+            return await self._run(functools.partial(handle.write, off, buf, grow=True))
 
     @fuse_errors
     async def flush(self, fh: int) -> None:
         """Every close(): commit, so other doors see what was written."""
-        await self._run(self._files[fh].flush)
+        handle = self._files[fh]
+        await self._run(handle.flush)
+        self._allocated.pop(handle.vol_id, None)
 
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
