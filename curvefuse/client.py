@@ -162,7 +162,7 @@ class CBDClient:
 
     @_returns_code
     def Create(self, filename: str, user: UserInfo_t, size: int) -> int:  # noqa: N802
-        self._as(user).create(filename, size if isinstance(size, int) else _bad('size'))
+        self._as(user).create(filename, _int_arg(size, 'size'))
         return 0
 
     @_returns_code
@@ -185,7 +185,7 @@ class CBDClient:
 
     @_returns_code
     def Extend(self, filename: str, user: UserInfo_t, newsize: int) -> int:  # noqa: N802
-        self._as(user).resize(filename, newsize if isinstance(newsize, int) else _bad('size'))
+        self._as(user).resize(filename, _int_arg(newsize, 'size'))
         return 0
 
     @_returns_code
@@ -298,8 +298,11 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _bad(what: str) -> int:
-    raise InvalidArgumentError(f'{what} must be an integer')
+def _int_arg(value: object, what: str) -> int:
+    """Curve's sizes are integers; the Pythonic layer's "10G" strings are not for this door."""
+    if not isinstance(value, int):
+        raise InvalidArgumentError(f'{what} must be an integer')
+    return value
 
 
 __all__ = ['CBDClient', 'FileInfo_t', 'UserInfo_t', 'read_client_conf']

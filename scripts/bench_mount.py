@@ -7,7 +7,9 @@ Every peer gets the same fio jobs on one file of --size bytes, in this order:
   fsync;
 - rand read: 4 KiB reads at random offsets, queue depth 1, after dropping the page cache.
 The plain file is the ceiling (the kernel's page cache, no FUSE); qemu-storage-daemon exporting a
-qcow2 image over FUSE is the C peer doing the same job as curvefuse. Needs root (drop_caches).
+qcow2 image over FUSE is the C peer doing the same job as curvefuse. Peers run in rotating order
+for --rounds rounds on fresh files and the median counts, since a VM's disk answers fsyncs with
+very different speeds from one minute to the next. Needs root (drop_caches).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,8 +110,9 @@ def qemu_export(work: Path, size: str) -> Iterator[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--dir', default='/var/tmp', help='where to work, on a real disk')
-    parser.add_argument('--size', default='1G', help='file size (default 1G)')
-    parser.add_argument('--runtime', type=int, default=10, help='seconds per random job')
+    parser.add_argument('--size', default='512M', help='file size (default 512M)')
+    parser.add_argument('--runtime', type=int, default=5, help='seconds per random job')
+    parser.add_argument('--rounds', type=int, default=3, help='rounds; the median counts')
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit('bench_mount needs root (it drops the page cache)')
@@ -119,15 +123,26 @@ def main(argv: list[str] | None = None) -> int:
         print('qemu-storage-daemon not found (apt-get install qemu-system-common qemu-utils): '
               'no C peer this run')
     work = Path(tempfile.mkdtemp(prefix='curvefuse-fio-', dir=args.dir))
-    results: dict[str, dict[str, tuple[float, float]]] = {}
+    runs: dict[str, list[dict[str, tuple[float, float]]]] = {name: [] for name in peers}
+    names = list(peers)
     try:
-        for name, make in peers.items():
-            with make(work, args.size) as target:
-                results[name] = {job: fio(target, job, args.size, args.runtime) for job in JOBS}
+        for round_no in range(args.rounds):
+            for k in range(len(names)):
+                name = names[(round_no + k) % len(names)]
+                round_dir = work / f'{round_no}-{k}'
+                round_dir.mkdir()
+                with peers[name](round_dir, args.size) as target:
+                    runs[name].append({job: fio(target, job, args.size, args.runtime)
+                                       for job in JOBS})
+                shutil.rmtree(round_dir, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    results = {name: {job: (statistics.median(r[job][0] for r in rs),
+                            statistics.median(r[job][1] for r in rs)) for job in JOBS}
+               for name, rs in runs.items()}
     print(f'\nfio, psync, queue depth 1, {args.size} file, {args.runtime} s per random job, '
-          'reads after dropping the page cache, writes ending with fsync')
+          'reads after dropping the page cache, writes ending with fsync, '
+          f'median of {args.rounds} rounds')
     header = f'{"peer":26} {"job":11} {"MiB/s":>9} {"IOPS":>9} {"vs plain":>9}'
     peer_name = 'qemu-storage-daemon FUSE'
     print(header + (f' {"vs qemu":>9}' if peer_name in results else ''))

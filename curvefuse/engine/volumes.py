@@ -315,8 +315,7 @@ class DataPath:
                 written, unflushed.written = unflushed.written, set()
                 mtime_ns, grown_to = unflushed.mtime_ns, unflushed.length
             try:
-                for chunk_id in written:
-                    self.chunks.fsync(chunk_id)
+                self.chunks.fsync_all(written)
                 if new:
                     self.chunks.fsync_dirs_of(set(new.values()))
             except Exception:
