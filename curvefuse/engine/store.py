@@ -257,12 +257,6 @@ class Engine:
             if not right:
                 raise AccessError('wrong root password')
 
-    def set_root_password(self, password: str) -> None:
-        if not isinstance(password, str) or not password:
-            raise InvalidArgumentError('the root password must be a non-empty string')
-        self.meta.write(lambda txn: self.meta.put_config(txn, 'root_password', password))
-        self._root_password = password
-
     # -- resolution -----------------------------------------------------------------------
 
     def _node(self, txn: lmdb.Transaction, node_id: int) -> Node:

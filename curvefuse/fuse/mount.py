@@ -1,5 +1,8 @@
 """The mount daemon: lock the store, check it if the last daemon died, mount, serve, clean up.
 
+Under systemd (Type=notify) it sends READY=1 once the mount is live and STOPPING=1 when it starts
+to unmount; see systemd/curvefuse@.service.
+
 `curvefuse mount` without --foreground starts this same code in a new session and returns once
 the child reports the mount live (or prints the child's error). Files in DATA_DIR:
 
@@ -17,6 +20,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -131,6 +135,21 @@ def _check_after_unclean_stop(engine: Engine) -> None:
                               'problems): run "curvefuse fsck" and repair it before mounting')
 
 
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) how we are doing, if it is listening: the datagram protocol
+    of sd_notify(3), to the socket named by $NOTIFY_SOCKET ('@' means the abstract namespace)."""
+    address = os.environ.get('NOTIFY_SOCKET')
+    if not address:
+        return
+    if address.startswith('@'):
+        address = '\0' + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.sendto(message.encode(), address)
+        except OSError as exc:
+            log.warning('could not notify systemd at %s: %s', address, exc)
+
+
 def _become_io_flusher() -> None:
     """A loop device on top of this mount must not deadlock us under memory pressure."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -189,7 +208,9 @@ def run_foreground(data_dir: str, mountpoint: str, options: MountOptions,
                 os.write(ready_fd, b'ok\n')
                 os.close(ready_fd)
                 _detach_stdio()
+            sd_notify(f'READY=1\nMAINPID={os.getpid()}\nSTATUS=Serving {data_dir} at {mountpoint}')
             trio.run(_serve, ops)
+            sd_notify('STOPPING=1\nSTATUS=Flushing and unmounting')
             # Not os.path.ismount: a stat of our own mount would wait forever for ourselves.
             unmounted = not any(dst == mountpoint for _src, dst, _kind in _mounts())
         finally:

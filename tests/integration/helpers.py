@@ -39,13 +39,14 @@ class Daemon:
         if not have_cap_sys_resource():
             self.expected_warnings.append('could not mark the daemon an I/O flusher')
 
-    def start(self, timeout: float = 30) -> None:
+    def start(self, timeout: float = 30, env: dict[str, str] | None = None) -> None:
         args = ['mount', '--foreground', '--log', str(self.log), str(self.data_dir),
                 str(self.mountpoint)]
         if self.options:
             args += ['-o', self.options]
         self.proc = subprocess.Popen([sys.executable, '-m', 'curvefuse.cli', *args],
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
         deadline = time.monotonic() + timeout
         while not os.path.ismount(self.mountpoint):
             if self.proc.poll() is not None:
