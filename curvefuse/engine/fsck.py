@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -77,8 +78,13 @@ class _Checker:
         self.report.corruption.append(message)
 
     def _check_nodes(self, txn: lmdb.Transaction) -> dict[int, Node]:
-        nodes = {U64.unpack(k)[0]: Node.decode(U64.unpack(k)[0], v)
-                 for k, v in self.meta.iter_db(txn, 'nodes')}
+        nodes = {}
+        for key, value in self.meta.iter_db(txn, 'nodes'):
+            node_id = U64.unpack(key)[0]
+            try:
+                nodes[node_id] = Node.decode(node_id, value)
+            except (ValueError, KeyError, struct.error) as exc:
+                self._corrupt(f'node {node_id} is unreadable ({exc})')
         node_counter = U64.unpack(txn.get(b'node', db=self.meta.db['counters']))[0]
         for fixed in (ROOT_ID, RECYCLE_ID):
             if fixed not in nodes or not nodes[fixed].is_dir:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,3 +116,45 @@ def test_umount_of_something_else_is_refused(tmp_path: Path) -> None:
     result = curvefuse('umount', str(tmp_path), check=False)
     assert result.returncode == 1
     assert 'is not a curvefuse mount' in result.stderr
+
+
+CORRUPT = '''
+import sys, lmdb, struct
+env = lmdb.open(sys.argv[1] + '/meta', max_dbs=16)
+db = env.open_db(b'nodes')
+key = struct.pack('>Q', int(sys.argv[2]))
+with env.begin(write=True, db=db) as txn:
+    if len(sys.argv) > 3:
+        txn.put(key, bytes.fromhex(sys.argv[3]))
+    else:
+        sys.stdout.write(txn.get(key).hex())
+        txn.put(key, txn.get(key)[:50] + b'{not json')
+'''
+
+
+def test_an_unexpected_error_is_eio_and_the_mount_lives_on(mounted: Daemon) -> None:
+    """A node record damaged behind the daemon's back: that file answers EIO (and fsck calls it
+    corruption), every other file works, the daemon keeps running."""
+    mnt = mounted.mountpoint
+    (mnt / 'damaged').write_bytes(b'a' * 4096)
+    (mnt / 'healthy').write_bytes(b'b' * 4096)
+    node_id = int(subprocess.run(['getfattr', '--only-values', '-n', 'user.curvefuse.id',
+                                  str(mnt / 'damaged')], capture_output=True, text=True,
+                                 check=True).stdout)
+    original = subprocess.run([sys.executable, '-c', CORRUPT, str(mounted.data_dir),
+                               str(node_id)], capture_output=True, text=True, check=True).stdout
+    mounted.expected_warnings += ['unexpected error in', 'Traceback (most recent call last)']
+    try:
+        with pytest.raises(OSError) as info:
+            os.stat(mnt / 'damaged')
+        assert info.value.errno == errno.EIO
+        assert (mnt / 'healthy').read_bytes() == b'b' * 4096
+        result = curvefuse('fsck', str(mounted.data_dir), check=False)
+        assert result.returncode == 2
+        assert f'node {node_id} is unreadable' in result.stdout
+        assert 'Traceback' not in result.stderr
+    finally:
+        subprocess.run([sys.executable, '-c', CORRUPT, str(mounted.data_dir), str(node_id),
+                        original], check=True)
+    assert (mnt / 'damaged').read_bytes() == b'a' * 4096
+    assert mounted.proc.poll() is None
