@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help='comma-separated: ro, allow_other, allow_shrink (see README)')
     mount.add_argument('-f', '--foreground', action='store_true',
                        help='stay attached; log to stderr')
+    mount.add_argument('--debug', action='store_true', default=argparse.SUPPRESS,
+                       help='log debug messages')
     mount.add_argument('--log', help='log file of the daemon (default DATA_DIR/mount.log)')
     mount.add_argument('--ready-fd', type=int, help=argparse.SUPPRESS)
     mount.set_defaults(func=_mount)

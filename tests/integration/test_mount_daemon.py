@@ -158,3 +158,21 @@ def test_an_unexpected_error_is_eio_and_the_mount_lives_on(mounted: Daemon) -> N
                         original], check=True)
     assert (mnt / 'damaged').read_bytes() == b'a' * 4096
     assert mounted.proc.poll() is None
+
+
+def test_debug_and_allow_other_reach_the_daemon(daemon_factory, data_dir: Path) -> None:
+    """`curvefuse mount ... --debug -o allow_other`, daemonized: the kernel mount carries
+    allow_other and the daemon's log has debug lines."""
+    daemon = daemon_factory()
+    result = curvefuse('mount', str(data_dir), str(daemon.mountpoint), '--debug',
+                       '-o', 'allow_other', '--log', str(daemon.log))
+    assert result.returncode == 0, result.stderr
+    try:
+        with open('/proc/mounts') as fh:
+            options = next(line.split()[3] for line in fh
+                           if line.split()[1] == str(daemon.mountpoint))
+        assert 'allow_other' in options.split(',')
+        os.listdir(daemon.mountpoint)
+        assert ' DEBUG ' in daemon.log.read_text()
+    finally:
+        assert curvefuse('umount', str(daemon.mountpoint), check=False).returncode == 0
