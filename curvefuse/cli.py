@@ -1,5 +1,8 @@
 """The `curvefuse` command.
 
+`curvefuse SOURCE MOUNTPOINT -o OPTIONS` (no command word) means `curvefuse mount`: that is how
+mount(8), through Debian's mount.fuse3, runs a "fuse.curvefuse" mount or fstab line.
+
 Exit codes: 0 success; 1 a user error (one line on stderr, no traceback) or an fsck that could
 not run; 2 usage errors (argparse) and, for fsck, corruption found; 3 fsck found leaks only
 (the codes of ``qemu-img check``).
@@ -23,6 +26,7 @@ from .fuse.mount import MountError
 log = logging.getLogger('curvefuse')
 
 EXIT_USER_ERROR = 1
+COMMANDS = ('init', 'fsck', 'mount', 'umount')
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -117,7 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: list[str] | None = None) -> int:
-    options = build_parser().parse_args(args)
+    args = sys.argv[1:] if args is None else args
+    parser = build_parser()
+    if args and args[0] not in COMMANDS and not args[0].startswith('-'):
+        # mount(8) via mount.fuse3 runs "curvefuse SOURCE MOUNTPOINT -o OPTIONS" for
+        # "-t fuse.curvefuse" and fstab lines: that is `curvefuse mount`.
+        args = ['mount', *args]
+    options = parser.parse_args(args)
     logging.basicConfig(level=logging.DEBUG if options.debug else logging.WARNING,
                         format='%(levelname)s %(name)s: %(message)s')
     try:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,36 @@ def test_debug_and_allow_other_reach_the_daemon(daemon_factory, data_dir: Path) 
         assert ' DEBUG ' in daemon.log.read_text()
     finally:
         assert curvefuse('umount', str(daemon.mountpoint), check=False).returncode == 0
+
+
+def test_mount_8_and_fstab(daemon_factory, data_dir: Path, tmp_path: Path) -> None:
+    """`mount -t fuse.curvefuse DATA_DIR MOUNTPOINT -o ...` and an fstab line work through the
+    system's mount.fuse3 helper, which runs `curvefuse` from PATH; umount(8) stops the daemon."""
+    daemon = daemon_factory()
+    env = {**os.environ, 'PATH': f'{Path(sys.executable).parent}:{os.environ["PATH"]}'}
+    fstab = tmp_path / 'fstab'
+    fstab.write_text(f'{data_dir} {daemon.mountpoint} fuse.curvefuse '
+                     'defaults,allow_other,ro,noauto,_netdev,x-systemd.automount 0 0\n')
+    attempts = [['mount', '-t', 'fuse.curvefuse', str(data_dir), str(daemon.mountpoint),
+                 '-o', 'allow_other,ro'],
+                ['mount', '-T', str(fstab), str(daemon.mountpoint)]]
+    for command in attempts:
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+        try:
+            assert result.returncode == 0, result.stderr
+            with open('/proc/mounts') as fh:
+                options = next(line.split()[3] for line in fh
+                               if line.split()[1] == str(daemon.mountpoint)).split(',')
+            assert {'ro', 'allow_other'} <= set(options)
+            with pytest.raises(OSError):
+                (daemon.mountpoint / 'x').touch()
+            pid = int((data_dir / 'mount.lock').read_text().split()[0])
+        finally:
+            if subprocess.run(['umount', str(daemon.mountpoint)]).returncode != 0:
+                subprocess.run(['fusermount3', '-z', '-u', str(daemon.mountpoint)])
+        for _ in range(600):
+            if not running(pid):
+                break
+            time.sleep(0.05)
+        assert not running(pid)
+        assert not (data_dir / 'mount.dirty').exists()  # a clean stop
