@@ -99,11 +99,15 @@ class ChunkStore:
         if entry.users == 0:
             os.close(entry.fd)
 
-    def pread(self, chunk_id: int, length: int, offset: int, nowait: bool = False) -> bytes:
+    def pread(self, chunk_id: int, length: int, offset: int, nowait: bool = False,
+              readahead: int = 0) -> bytes:
         """Read; a chunk file is shorter than a chunk where its tail was never written.
 
-        With nowait, WouldBlock unless every byte is in the page cache (RWF_NOWAIT). The hot
-        path of every read, so `acquire`/`release` are written out inline here.
+        With nowait, WouldBlock unless every byte is in the page cache (RWF_NOWAIT); before
+        raising it starts reading the missing pages in (POSIX_FADV_WILLNEED submits the IO and
+        returns), so asking again soon finds them; `readahead` bytes after the range are
+        started too, for a reader going forward. The hot path of every read, so
+        `acquire`/`release` are written out inline here.
         """
         lock = self._lock
         with lock:
@@ -114,14 +118,20 @@ class ChunkStore:
         try:
             if nowait:
                 buf = bytearray(length)
-                # A short answer may be a cache boundary or the end of the file: let the
-                # blocking path tell them apart.
-                if os.preadv(entry.fd, [buf], offset, os.RWF_NOWAIT) < length:
+                try:
+                    got = os.preadv(entry.fd, [buf], offset, os.RWF_NOWAIT)
+                except BlockingIOError:
+                    got = -1
+                # Short: the file's end (never-written tail: zeros) or a page not cached.
+                if got < length and (got < 0 or offset + got < os.fstat(entry.fd).st_size):
+                    os.posix_fadvise(entry.fd, offset, length + readahead,
+                                     os.POSIX_FADV_WILLNEED)
                     raise WouldBlock()
+                if readahead:
+                    os.posix_fadvise(entry.fd, offset + length, readahead,
+                                     os.POSIX_FADV_WILLNEED)
                 return bytes(buf)
             data = os.pread(entry.fd, length, offset)
-        except BlockingIOError:
-            raise WouldBlock() from None
         except OSError as exc:
             raise storage_error(exc, f'reading chunk {chunk_id:x}') from exc
         finally:

@@ -733,12 +733,13 @@ class VolumeHandle:
         self._check_open()
         return self.engine.node(self.vol_id).length
 
-    def read(self, offset: int, length: int, clamp: bool = False, nowait: bool = False) -> bytes:
-        """Bytes at offset; past the end is an error, or with clamp a short read. nowait: see
-        `DataPath.read`."""
+    def read(self, offset: int, length: int, clamp: bool = False, nowait: bool = False,
+             readahead: int = 0) -> bytes:
+        """Bytes at offset; past the end is an error, or with clamp a short read. nowait and
+        readahead: see `DataPath.read`."""
         self._check_open()
         _check_io_args(offset, length)
-        return self.engine.data.read(self.vol_id, offset, length, clamp, nowait)
+        return self.engine.data.read(self.vol_id, offset, length, clamp, nowait, readahead)
 
     def write(self, offset: int, data: bytes | bytearray | memoryview, grow: bool = False,
               nowait: bool = False) -> int:

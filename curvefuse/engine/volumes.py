@@ -159,9 +159,10 @@ class DataPath:
     # -- IO -------------------------------------------------------------------------------
 
     def read(self, vol: int, offset: int, length: int, clamp: bool = False,
-             nowait: bool = False) -> bytes:
+             nowait: bool = False, readahead: int = 0) -> bytes:
         """length bytes at offset; with clamp, fewer at the end of the volume instead of an
-        OutOfRangeError. With nowait, WouldBlock unless the data is in the page cache."""
+        OutOfRangeError. With nowait, WouldBlock unless the data is in the page cache, and then
+        `readahead` bytes past the end (within the last chunk) start coming in too."""
         size = self.chunk_size
         first, last = offset // size, (offset + length - 1) // size
         unflushed = self._unflushed.get(vol)
@@ -195,12 +196,12 @@ class DataPath:
         finally:
             txn.abort()
         if sources is None:
-            if chunk_id is None:
-                return bytes(length)
-            return self.chunks.pread(chunk_id, length, offset - first * size, nowait)
+            sources = [(chunk_id, offset - first * size, length)]
+        ahead = [0] * (len(sources) - 1) + [readahead if nowait else 0]
         return b''.join(bytes(n) if chunk_id is None else
-                        self.chunks.pread(chunk_id, n, in_chunk, nowait)
-                        for chunk_id, in_chunk, n in sources)
+                        self.chunks.pread(chunk_id, n, in_chunk, nowait,
+                                          min(extra, size - in_chunk - n))
+                        for (chunk_id, in_chunk, n), extra in zip(sources, ahead))
 
     def write(self, vol: int, offset: int, data: bytes | memoryview, grow: bool = False,
               nowait: bool = False) -> int:

@@ -37,6 +37,8 @@ XATTR_FACTS = 'user.curvefuse.'  # read-only attributes showing the engine's vie
 DEFAULT_MODES = {True: 0o755, False: 0o644}  # is_dir -> permission bits
 BLKSIZE = 128 * 1024  # what cp and friends size their buffers by
 ALLOCATED_TTL = 1.0  # seconds st_blocks may lag behind writes made through other doors
+READ_POLL_SECONDS = 0.002  # how long a read polls the page cache before a thread takes over
+READAHEAD = 2**20  # bytes fetched ahead for a handle that reads sequentially
 
 
 def inode_of(node_id: int) -> int:
@@ -83,6 +85,7 @@ class CurveOperations(pyfuse3.Operations):
         self._files: dict[int, VolumeHandle] = {}
         self._dirs: dict[int, list[Node]] = {}
         self._allocated: dict[int, tuple[float, int]] = {}  # volume -> (when, bytes on disk)
+        self._read_ends: dict[int, int] = {}  # fh -> where its last read ended
         self._next_fh = 1
         # Bounds the worker threads (trio's own default is 40); LMDB writes serialize anyway.
         self._limiter = trio.CapacityLimiter(16)
@@ -250,7 +253,7 @@ class CurveOperations(pyfuse3.Operations):
         handle = VolumeHandle(self.engine, node.id, writable)
         fh = self._new_fh()
         self._files[fh] = handle
-        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=True)
 
     @fuse_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -289,12 +292,28 @@ class CurveOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        # Inline when the page cache has it (a thread hop costs more than the read itself).
+        """Answered without a worker thread when possible: a thread hop costs ~60 us, and
+        ~140 us when the worker sleeps on the disk, against 1 us for a cached read and 64 us for
+        a disk read. A read that misses the page cache has already started the disk read (see
+        `ChunkStore.pread`); we ask again between checkpoints, so other requests are served
+        meanwhile, and give it to a thread only if the disk is slow."""
         handle = self._files[fh]
-        try:
-            return handle.read(off, size, clamp=True, nowait=True)
-        except WouldBlock:
-            return await self._run(functools.partial(handle.read, off, size, clamp=True))
+        # Files are opened direct_io (no kernel page cache, so no kernel readahead): a reader
+        # going forward gets ours.
+        readahead = READAHEAD if self._read_ends.get(fh) == off else 0
+        self._read_ends[fh] = off + size
+        deadline = None
+        while True:
+            try:
+                return handle.read(off, size, clamp=True, nowait=True, readahead=readahead)
+            except WouldBlock:
+                pass
+            now = trio.current_time()
+            if deadline is None:
+                deadline = now + READ_POLL_SECONDS
+            elif now > deadline:
+                return await self._run(functools.partial(handle.read, off, size, clamp=True))
+            await trio.sleep(0)
 
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -321,6 +340,7 @@ class CurveOperations(pyfuse3.Operations):
     @fuse_errors
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
+        self._read_ends.pop(fh, None)
         if handle is not None:
             await self._run(handle.close)
 

@@ -14,7 +14,7 @@ import lmdb
 import pytest
 
 import curvefuse
-from curvefuse.engine import Engine
+from curvefuse.engine import Engine, WouldBlock
 from curvefuse.errors import FormatError, OutOfRangeError
 
 from ..util import assert_store_clean
@@ -287,3 +287,44 @@ def test_timestamps_follow_changes(store: curvefuse.Store) -> None:
     after = store.stat('/v')
     assert after.modified > before
     assert after.created == store.stat('/v').created
+
+
+def test_nowait_read_starts_the_fetch_and_later_succeeds(store: curvefuse.Store) -> None:
+    """The mount's non-blocking read: data not in the page cache gives WouldBlock, having
+    started the disk read, so a later try returns the right bytes without blocking."""
+    store.create('/v', '32M')
+    data = os.urandom(65536)
+    with store.open('/v', 'r+b') as vol:
+        vol.pwrite(data, 5 * MiB)
+        vol.flush()
+        engine = store.engine
+        with engine.meta.read() as txn:
+            [(_idx, _seq, chunk_id)] = engine.meta.volume_chunks(txn, vol.handle.vol_id)
+        fd = os.open(engine.chunks.chunk_path(chunk_id), os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # evict it from the page cache
+        os.close(fd)
+        with pytest.raises(WouldBlock):
+            vol.handle.read(5 * MiB, 65536, nowait=True)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert vol.handle.read(5 * MiB, 65536, nowait=True) == data
+                break
+            except WouldBlock:
+                assert time.monotonic() < deadline, 'the fetch never completed'
+                time.sleep(0.001)
+        # The never-written tail of a chunk file is zeros, cached or not: no WouldBlock.
+        assert vol.handle.read(12 * MiB, 4096, nowait=True) == bytes(4096)
+        # Sequential readers may ask for more to come in; the answer is the same bytes.
+        assert vol.handle.read(5 * MiB, 4096, nowait=True, readahead=MiB) == data[:4096]
+
+
+def test_nowait_write_that_must_allocate_changes_nothing(store: curvefuse.Store) -> None:
+    store.create('/v', '32M')
+    with store.open('/v', 'r+b') as vol:
+        with pytest.raises(WouldBlock):
+            vol.handle.write(0, b'x' * 4096, nowait=True)
+        assert store.allocated('/v') == 0
+        vol.pwrite(b'y' * 4096, 0)  # allocates the chunk
+        assert vol.handle.write(4096, b'z' * 4096, nowait=True) == 4096
+        assert vol.pread(8192, 0) == b'y' * 4096 + b'z' * 4096
