@@ -263,12 +263,13 @@ class CBDClient:
         return 0
 
     def _volume(self, fd: object, offset: object, length: object) -> Volume:
-        if not (_is_int(offset) and _is_int(length)) or offset < 0 or length < 0:
+        # On every Read and Write: type() is not int also refuses bool, in one test each.
+        if type(offset) is not int or type(length) is not int or offset < 0 or length < 0:
             raise InvalidArgumentError('offset and length must be non-negative integers')
-        volume = self._fds.get(fd) if _is_int(fd) else None
+        volume = self._fds.get(fd) if type(fd) is int else None
         if volume is None:
             raise BadHandleError(f'fd {fd!r} is not open')
-        if offset % BLOCK_SIZE or length % BLOCK_SIZE:
+        if (offset | length) % BLOCK_SIZE:
             raise NotAlignedError(f'offset {offset} and length {length} must be multiples '
                                   f'of {BLOCK_SIZE}')
         return volume

@@ -195,9 +195,13 @@ class DataPath:
                            for idx, in_chunk, _at, n in self._pieces(offset, length)]
         finally:
             txn.abort()
-        if sources is None:
-            sources = [(chunk_id, offset - first * size, length)]
-        ahead = [0] * (len(sources) - 1) + [readahead if nowait else 0]
+        if sources is None:  # one chunk: the hot path, kept free of lists
+            if chunk_id is None:
+                return bytes(length)
+            in_chunk = offset - first * size
+            return self.chunks.pread(chunk_id, length, in_chunk, nowait,
+                                     min(readahead, size - in_chunk - length))
+        ahead = [0] * (len(sources) - 1) + [readahead]
         return b''.join(bytes(n) if chunk_id is None else
                         self.chunks.pread(chunk_id, n, in_chunk, nowait,
                                           min(extra, size - in_chunk - n))
