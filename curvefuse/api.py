@@ -165,9 +165,11 @@ class Store:
     def rename(self, old: str, new: str) -> None:
         self._engine.rename(old, new, self.user)
 
-    def resize(self, path: str, size: int | str) -> Entry:
-        """Grow a volume; the growth must be a multiple of 4 KiB."""
-        return Entry.from_node(self._engine.resize(path, parse_size(size), self.user))
+    def resize(self, path: str, size: int | str, allow_shrink: bool = False) -> Entry:
+        """Grow a volume by a multiple of 4 KiB; shrink it only with allow_shrink (what lies
+        past the new end is gone)."""
+        return Entry.from_node(self._engine.resize(path, parse_size(size), self.user,
+                                                   allow_shrink=allow_shrink))
 
     def chown(self, path: str, owner: str) -> None:
         self._engine.chown(path, owner, self.user)

@@ -1,11 +1,13 @@
-"""The `curvefuse` command.
+"""The `curvefuse` command: store administration (init, fsck), the mount (mount, umount) and
+rbd-like volume commands (see `curvefuse.commands`).
 
 `curvefuse SOURCE MOUNTPOINT -o OPTIONS` (no command word) means `curvefuse mount`: that is how
 mount(8), through Debian's mount.fuse3, runs a "fuse.curvefuse" mount or fstab line.
 
 Exit codes: 0 success; 1 a user error (one line on stderr, no traceback) or an fsck that could
 not run; 2 usage errors (argparse) and, for fsck, corruption found; 3 fsck found leaks only
-(the codes of ``qemu-img check``).
+(the codes of ``qemu-img check``). Volume commands act on the store named by -d/--data-dir
+(default $CURVEFUSE_DATA_DIR or /var/lib/curvefuse), with or without a mount running.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import signal
 import sys
 
-from . import DEFAULT_DATA_DIR, __version__
+from . import DEFAULT_DATA_DIR, __version__, commands
 from .api import open_store, parse_size
 from .engine import DEFAULT_CHUNK_SIZE, DEFAULT_ROOT_PASSWORD
 from .errors import EngineError
@@ -26,7 +28,8 @@ from .fuse.mount import MountError
 log = logging.getLogger('curvefuse')
 
 EXIT_USER_ERROR = 1
-COMMANDS = ('init', 'fsck', 'mount', 'umount')
+COMMANDS = ('init', 'fsck', 'mount', 'umount', 'create', 'ls', 'info', 'resize', 'rm', 'mv',
+            'mkdir', 'rmdir', 'du', 'trash', 'import', 'export')
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -86,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog='curvefuse', description='CurveBS-style block volumes on one machine.')
     parser.add_argument('--version', action='version', version=f'curvefuse {__version__}')
     parser.add_argument('--debug', action='store_true', help='log debug messages to stderr')
+    parser.add_argument('-d', '--data-dir', dest='store', default=DEFAULT_DATA_DIR,
+                        metavar='DATA_DIR', help='the store for volume commands '
+                        f'(default {DEFAULT_DATA_DIR})')
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
 
     init = sub.add_parser('init', help='create a store (a no-op for an existing one)')
@@ -117,7 +123,77 @@ def build_parser() -> argparse.ArgumentParser:
     umount = sub.add_parser('umount', help='unmount and wait until the daemon has flushed')
     umount.add_argument('mountpoint', metavar='MOUNTPOINT')
     umount.set_defaults(func=_umount)
+    _add_volume_commands(sub)
     return parser
+
+
+def _add_volume_commands(sub: argparse._SubParsersAction) -> None:
+    def command(name: str, func, help_text: str, parent=sub) -> argparse.ArgumentParser:
+        parser = parent.add_parser(name, help=help_text)
+        parser.set_defaults(func=_on_store(func))
+        return parser
+
+    def listing(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument('--format', choices=('plain', 'json'), default='plain')
+
+    def progress(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+    p = command('create', commands.create, 'create a thin volume')
+    p.add_argument('path')
+    p.add_argument('-s', '--size', required=True, help='e.g. 10G, 512M (a multiple of 4 KiB)')
+    p = command('ls', commands.ls, 'list a directory')
+    p.add_argument('path', nargs='?', default='/')
+    p.add_argument('-l', '--long', action='store_true',
+                   help='type, length, allocated, owner, status, modified, name')
+    listing(p)
+    p = command('info', commands.info, 'show everything about one entry')
+    p.add_argument('path')
+    listing(p)
+    p = command('resize', commands.resize, 'grow a volume (shrink with --allow-shrink)')
+    p.add_argument('path')
+    p.add_argument('-s', '--size', required=True)
+    p.add_argument('--allow-shrink', action='store_true', help='cut the volume; data is lost')
+    p = command('rm', commands.rm, 'move a volume to the recycle bin')
+    p.add_argument('path')
+    p = command('mv', commands.mv, 'rename or move')
+    p.add_argument('old')
+    p.add_argument('new')
+    p = command('mkdir', commands.mkdir, 'create a directory')
+    p.add_argument('path')
+    p = command('rmdir', commands.rmdir, 'remove an empty directory')
+    p.add_argument('path')
+    p = command('du', commands.du, 'allocated and provisioned bytes of volumes')
+    p.add_argument('path', nargs='?', default='/')
+    listing(p)
+    trash = sub.add_parser('trash', help='the recycle bin: ls, restore, purge')
+    trash_sub = trash.add_subparsers(dest='trash_command', required=True, metavar='ACTION')
+    p = command('ls', commands.trash_ls, 'list the recycle bin', trash_sub)
+    listing(p)
+    p = command('restore', commands.trash_restore, 'bring a volume back', trash_sub)
+    p.add_argument('entry', help='its name in the recycle bin, or its id')
+    p.add_argument('--to', help='where to (default: where it was)')
+    p = command('purge', commands.trash_purge, 'destroy recycled volumes, freeing space',
+                trash_sub)
+    p.add_argument('--expired-before', metavar='AGE_OR_DATE',
+                   help='only those deleted before: 7d, 12h, 30m ago or an ISO date')
+    p = command('import', commands.import_, 'a raw image (file or -) into a new volume')
+    p.add_argument('source')
+    p.add_argument('path')
+    p.add_argument('-s', '--size', help='bytes to read (required from stdin)')
+    progress(p)
+    p = command('export', commands.export, 'a volume as a raw image (file or -)')
+    p.add_argument('path')
+    p.add_argument('dest')
+    progress(p)
+
+
+def _on_store(func):
+    """Run a volume command on the store named by --data-dir."""
+    def run(args: argparse.Namespace) -> int:
+        with open_store(args.store) as store:
+            return func(args, store)
+    return run
 
 
 def main(args: list[str] | None = None) -> int:
