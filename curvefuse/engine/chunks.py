@@ -31,10 +31,17 @@ class WouldBlock(Exception):
     without nowait where blocking is fine (a worker thread)."""
 
 
+class ChunkGone(StorageError):
+    """The chunk file was deleted since its mapping was read (freed by another thread or
+    process); the caller looks the mapping up again."""
+
+
 def storage_error(exc: OSError, what: str) -> Exception:
     """Turn an OSError from the disk into the engine's error for it."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return NoSpaceError(f'{what}: disk full')
+    if exc.errno == errno.ENOENT:
+        return ChunkGone(f'{what}: gone', exc.errno)
     return StorageError(f'{what}: {exc.strerror}', exc.errno)
 
 
@@ -154,7 +161,11 @@ class ChunkStore:
             raise storage_error(exc, 'writing a chunk') from exc
 
     def fsync(self, chunk_id: int) -> None:
-        entry = self.acquire(chunk_id)
+        try:
+            entry = self.acquire(chunk_id)
+        except ChunkGone:
+            log.debug('chunk %x was freed before its fsync: nothing to make durable', chunk_id)
+            return
         try:
             os.fsync(entry.fd)
         except OSError as exc:

@@ -180,11 +180,15 @@ class _Checker:
                         if chunk_id is None or (chunk_id not in referenced and
                                                 not any(chunk_id in r for r in live_ranges))]
         if unreferenced:
-            # Mappings committed after our snapshot (by a process that has since exited).
+            # Look again in a fresh snapshot: mappings committed since ours, and ids reserved
+            # since ours by a process now writing them (a file we listed was reserved before it
+            # was made, so before this snapshot).
             with self.meta.read() as txn:
                 now_referenced = {U64.unpack(v)[0] for _k, v in self.meta.iter_db(txn, 'chunkmap')}
+                live_now, _dead = self._reservations(txn)
         for chunk_id, path in unreferenced:
-            if chunk_id is not None and chunk_id in now_referenced:
+            if chunk_id is not None and (chunk_id in now_referenced or
+                                         any(chunk_id in r for r in live_now)):
                 continue
             fixes.append((f'unreferenced chunk file {os.path.relpath(path, self.engine.data_dir)}',
                           lambda path=path: os.unlink(path)))

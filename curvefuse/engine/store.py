@@ -464,7 +464,7 @@ class Engine:
         check_open=False lets an open volume go to the recycle bin (POSIX unlink, for the
         mount); destroying one stays refused while it is open.
         """
-        def remove(txn: lmdb.Transaction) -> int | None:
+        def remove(txn: lmdb.Transaction) -> tuple[int, list[int]] | None:
             node = self._existing(txn, path, user)
             now = time.time_ns()
             if node.id in (ROOT_ID, RECYCLE_ID):
@@ -490,7 +490,7 @@ class Engine:
 
     def delete_force(self, path: str, user: str | None = None) -> None:
         """Destroy a volume in the recycle bin and free its space (Curve's DeleteForce)."""
-        def delete(txn: lmdb.Transaction) -> int:
+        def delete(txn: lmdb.Transaction) -> tuple[int, list[int]]:
             node = self._existing(txn, path, user)
             if node.parent != RECYCLE_ID or node.is_dir:
                 raise NotSupportedError(f'{path}: only volumes in /RecycleBin can be force-deleted')
@@ -499,27 +499,27 @@ class Engine:
 
         self._destroy_chunks(self.meta.write(delete))
 
-    def _destroy_meta(self, txn: lmdb.Transaction, node: Node) -> int:
-        """Drop a volume's node, name and chunk mappings; its chunk files go after the commit."""
+    def _destroy_meta(self, txn: lmdb.Transaction, node: Node) -> tuple[int, list[int]]:
+        """Drop a volume's node, name and chunk mappings in one transaction, so a crash leaves at
+        most unreferenced chunk files (leaks fsck frees); returns the volume id and the chunk ids
+        whose files go after the commit."""
+        chunk_ids = [chunk_id for _idx, _seq, chunk_id in self.meta.volume_chunks(txn, node.id)]
+        self.meta.delete_prefix(txn, 'chunkmap', U64.pack(node.id))
         self._forget_node(txn, node)
         self._touch(txn, self._node(txn, node.parent), time.time_ns())
-        return node.id
+        return node.id, chunk_ids
 
     def _forget_node(self, txn: lmdb.Transaction, node: Node) -> None:
         self.meta.unlink(txn, node.parent, node.name)
         txn.delete(U64.pack(node.id), db=self.meta.db['nodes'])
         self.meta.delete_prefix(txn, 'xattrs', U64.pack(node.id))
 
-    def _destroy_chunks(self, vol: int) -> None:
+    def _destroy_chunks(self, destroyed: tuple[int, list[int]]) -> None:
+        vol, chunk_ids = destroyed
         with self.data.flush_lock:
-            doomed = self.data.forget_volume(vol)
-            with self.meta.read() as txn:
-                doomed += [cid for _i, _s, cid in self.meta.volume_chunks(txn, vol)]
-
-            self.meta.write(lambda txn: self.meta.delete_prefix(txn, 'chunkmap', U64.pack(vol)))
-        for chunk_id in doomed:
-            self.chunks.remove(chunk_id)
-        log.info('destroyed volume %d (%d chunks freed)', vol, len(doomed))
+            chunk_ids = chunk_ids + self.data.forget_volume(vol)
+        self.data.discard_chunks(chunk_ids)
+        log.info('destroyed volume %d (%d chunks freed)', vol, len(chunk_ids))
 
     def purge_recycle_bin(self, user: str | None = None,
                           deleted_before_ns: int | None = None) -> int:
@@ -670,9 +670,7 @@ class Engine:
                 return node
 
             node = self.meta.write(shrink)
-        for idx, chunk_id in mapped:
-            if idx >= keep:
-                self.chunks.remove(chunk_id)
+        self.data.discard_chunks([chunk_id for idx, chunk_id in mapped if idx >= keep])
         return node
 
     def chown(self, path: str, new_owner: str, user: str | None = None) -> None:

@@ -29,12 +29,13 @@ from dataclasses import dataclass, field
 import lmdb
 
 from ..errors import IsDirectoryError, NotFoundError, OutOfRangeError
-from .chunks import CachedFd, ChunkStore, WouldBlock
+from .chunks import CachedFd, ChunkGone, ChunkStore, WouldBlock
 from .meta import KIND_VOLUME, NODE_HEAD, U64, MetaStore, map_key
 
 log = logging.getLogger(__name__)
 
 _RESERVE_BATCH = 1024
+_LOOKUP_ATTEMPTS = 3  # a chunk freed under a read or write: look its mapping up again
 _CACHE_LIMIT = 2**20  # mappings kept per snapshot before starting afresh
 _RESERVED_KEY = struct.Struct('>QQQ')
 
@@ -163,6 +164,15 @@ class DataPath:
         """length bytes at offset; with clamp, fewer at the end of the volume instead of an
         OutOfRangeError. With nowait, WouldBlock unless the data is in the page cache, and then
         `readahead` bytes past the end (within the last chunk) start coming in too."""
+        for _attempt in range(_LOOKUP_ATTEMPTS - 1):
+            try:
+                return self._read(vol, offset, length, clamp, nowait, readahead)
+            except ChunkGone:
+                pass  # freed (zeroed, shrunk, replaced) after we looked it up: look again
+        return self._read(vol, offset, length, clamp, nowait, readahead)
+
+    def _read(self, vol: int, offset: int, length: int, clamp: bool, nowait: bool,
+              readahead: int) -> bytes:
         size = self.chunk_size
         first, last = offset // size, (offset + length - 1) // size
         unflushed = self._unflushed.get(vol)
@@ -217,9 +227,18 @@ class DataPath:
         (Linux refuses RWF_NOWAIT for buffered writes on ext4): the kernel may throttle a writer
         that dirties memory faster than the disk drains it.
         """
+        for _attempt in range(_LOOKUP_ATTEMPTS - 1):
+            try:
+                return self._write(vol, offset, data, grow, nowait)
+            except ChunkGone:
+                pass  # freed after we looked it up (a concurrent zeroing, say): look again
+        return self._write(vol, offset, data, grow, nowait)
+
+    def _write(self, vol: int, offset: int, data: bytes | memoryview, grow: bool,
+               nowait: bool) -> int:
         view = memoryview(data).cast('B')
         length = len(view)
-        targets: list[tuple[CachedFd, int, int, int]] = []
+        targets: list[tuple[CachedFd, int, int, int, int]] = []
         releases: list[tuple[int, int]] = []
         try:
             with self.io_lock:
@@ -245,21 +264,29 @@ class DataPath:
                             if chunk_id is not None:
                                 releases.append((idx, chunk_id))
                             continue
-                        create = chunk_id is None
-                        if create:
+                        if chunk_id is None:
                             chunk_id = self._new_chunk_id()
+                            # The mapping is remembered only once the file exists: a failed
+                            # create (no space, no inodes, no fds) leaves nothing to commit.
+                            entry = self.chunks.acquire(chunk_id, create=True)
                             unflushed.new[idx] = chunk_id
-                        targets.append((self.chunks.acquire(chunk_id, create=create),
-                                        in_chunk, at, n))
-                        unflushed.written.add(chunk_id)
+                        else:
+                            entry = self.chunks.acquire(chunk_id)
+                        targets.append((entry, chunk_id, in_chunk, at, n))
                     if grows:
                         unflushed.length = end
                     unflushed.mtime_ns = time.time_ns()
-            for entry, in_chunk, at, n in targets:
+            for entry, _chunk_id, in_chunk, at, n in targets:
                 self.chunks.pwrite(entry, view[at:at + n], in_chunk)
         finally:
             for entry, *_ in targets:
                 self.chunks.release(entry)
+        if targets:
+            # Marked for fsync only now that the data is in: a flush that ran during the pwrite
+            # must not have been the one to take these chunks off the list.
+            with self.io_lock:
+                self._unflushed.setdefault(vol, _Unflushed()).written.update(
+                    chunk_id for _e, chunk_id, *_ in targets)
         if releases:
             self._release_chunks(vol, releases)
         return length
@@ -293,7 +320,8 @@ class DataPath:
                         committed.append((idx, chunk_id))
 
             def unmap(txn: lmdb.Transaction) -> list[int]:
-                seq = self._head(txn, self._snapshot(txn), vol)[1]
+                # A private cache: a write transaction's id is not a committed snapshot's.
+                seq = self._head(txn, _SnapshotCache(-1), vol)[1]
                 gone = []
                 for idx, chunk_id in committed:
                     key = map_key(vol, idx, seq)
@@ -302,10 +330,7 @@ class DataPath:
                         gone.append(chunk_id)
                 return gone
 
-            for chunk_id in self.meta.write(unmap) if committed else ():
-                with self.io_lock:
-                    unflushed.written.discard(chunk_id)
-                self.chunks.remove(chunk_id)
+            self.discard_chunks(self.meta.write(unmap) if committed else [])
 
     # -- durability -----------------------------------------------------------------------
 
@@ -359,8 +384,18 @@ class DataPath:
                     unflushed.length = 0
                 if not unflushed.dirty:
                     self._unflushed.pop(vol, None)
-            for chunk_id in stale:
-                self.chunks.remove(chunk_id)
+            self.discard_chunks(stale)
+
+    def discard_chunks(self, chunk_ids: list[int]) -> None:
+        """Delete chunk files no mapping names any more, and forget they needed an fsync."""
+        if not chunk_ids:
+            return
+        gone = set(chunk_ids)
+        with self.io_lock:
+            for unflushed in self._unflushed.values():
+                unflushed.written -= gone
+        for chunk_id in gone:
+            self.chunks.remove(chunk_id)
 
     def flush_all(self) -> None:
         for vol in list(self._unflushed):
