@@ -263,6 +263,7 @@ class CBDClient:
         return 0
 
     def _volume(self, fd: object, offset: object, length: object) -> Volume:
+        """The open volume behind fd, after Curve's IO checks (an unknown fd also before Init)."""
         # On every Read and Write: type() is not int also refuses bool, in one test each.
         if type(offset) is not int or type(length) is not int or offset < 0 or length < 0:
             raise InvalidArgumentError('offset and length must be non-negative integers')
@@ -274,10 +275,15 @@ class CBDClient:
                                   f'of {BLOCK_SIZE}')
         return volume
 
-    @_returns_code
-    def Read(self, fd: int, buf: object, offset: int, length: int) -> bytes:  # noqa: N802
-        """bytes of exactly length, or a negative code; buf is ignored, as in Curve."""
-        return self._volume(fd, offset, length).handle.read(offset, length)
+    def Read(self, fd: int, buf: object, offset: int, length: int) -> bytes | int:  # noqa: N802
+        """bytes of exactly length, or a negative code; buf is ignored, as in Curve.
+
+        The error handling of `_returns_code` is written out here: this is the hottest call.
+        """
+        try:
+            return self._volume(fd, offset, length).handle.read(offset, length)
+        except Exception as exc:  # the contract: never raise out of CBDClient
+            return _failure(exc) if self._store is not None else -int(CurveCode.FAILED)
 
     @_returns_code
     def Write(self, fd: int, buf: bytes | str, offset: int, length: int) -> int:  # noqa: N802

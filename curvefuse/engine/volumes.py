@@ -120,9 +120,9 @@ class DataPath:
 
     def _snapshot(self, txn: lmdb.Transaction) -> '_SnapshotCache':
         """The cache for txn's snapshot, empty if anything was committed since the last one."""
-        cache = self._cache
-        if cache.txn_id != txn.id() or len(cache.chunks) > _CACHE_LIMIT:
-            cache = self._cache = _SnapshotCache(txn.id())
+        cache, txn_id = self._cache, txn.id()
+        if cache.txn_id != txn_id or len(cache.chunks) > _CACHE_LIMIT:
+            cache = self._cache = _SnapshotCache(txn_id)
         return cache
 
     def _head(self, txn: lmdb.Transaction, cache: '_SnapshotCache', vol: int) -> tuple[int, int]:
@@ -164,12 +164,14 @@ class DataPath:
         """length bytes at offset; with clamp, fewer at the end of the volume instead of an
         OutOfRangeError. With nowait, WouldBlock unless the data is in the page cache, and then
         `readahead` bytes past the end (within the last chunk) start coming in too."""
-        for _attempt in range(_LOOKUP_ATTEMPTS - 1):
+        for attempt in range(_LOOKUP_ATTEMPTS):
             try:
                 return self._read(vol, offset, length, clamp, nowait, readahead)
             except ChunkGone:
-                pass  # freed (zeroed, shrunk, replaced) after we looked it up: look again
-        return self._read(vol, offset, length, clamp, nowait, readahead)
+                # Freed (zeroed, shrunk, replaced) after we looked it up: look again.
+                if attempt == _LOOKUP_ATTEMPTS - 1:
+                    raise
+        raise AssertionError('unreachable')
 
     def _read(self, vol: int, offset: int, length: int, clamp: bool, nowait: bool,
               readahead: int) -> bytes:
