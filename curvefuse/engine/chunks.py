@@ -221,11 +221,12 @@ class ChunkStore:
         except FileNotFoundError:
             return 0
 
-    def exists(self, chunk_id: int) -> bool:
-        return os.path.exists(self.chunk_path(chunk_id))
-
-    def size(self, chunk_id: int) -> int:
-        return os.stat(self.chunk_path(chunk_id)).st_size
+    def size(self, chunk_id: int) -> int | None:
+        """A chunk file's length, or None if there is no such file (for fsck)."""
+        try:
+            return os.stat(self.chunk_path(chunk_id)).st_size
+        except FileNotFoundError:
+            return None
 
     def all_files(self) -> Iterator[tuple[int | None, str]]:
         """(chunk id, path) of every file in the chunk store; id None for a name not ours."""

@@ -150,10 +150,11 @@ class _Checker:
             if chunk_id in referenced:
                 self._corrupt(f'{where}: chunk {chunk_id:x} also used by {referenced[chunk_id]}')
             referenced[chunk_id] = where
-            if not self.engine.chunks.exists(chunk_id):
+            file_size = self.engine.chunks.size(chunk_id)
+            if file_size is None:
                 if self._still_mapped_and_missing(key, chunk_id):
                     self._corrupt(f'{where}: chunk file {chunk_id:x} is missing')
-            elif self.engine.chunks.size(chunk_id) > size:
+            elif file_size > size:
                 self._corrupt(f'{where}: chunk file {chunk_id:x} is longer than a chunk')
         return referenced
 
@@ -161,7 +162,7 @@ class _Checker:
         """Re-check with a fresh snapshot: another process may have freed it meanwhile."""
         with self.meta.read() as txn:
             still = txn.get(key, db=self.meta.db['chunkmap']) == U64.pack(chunk_id)
-        return still and not self.engine.chunks.exists(chunk_id)
+        return still and self.engine.chunks.size(chunk_id) is None
 
     def _reservations(self, txn: lmdb.Transaction) -> tuple[list[range], list[bytes]]:
         live, dead = [], []

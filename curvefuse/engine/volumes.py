@@ -23,8 +23,9 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import lmdb
 
@@ -35,6 +36,7 @@ from .meta import KIND_VOLUME, NODE_HEAD, U64, MetaStore, map_key
 log = logging.getLogger(__name__)
 
 _RESERVE_BATCH = 1024
+T = TypeVar('T')
 _LOOKUP_ATTEMPTS = 3  # a chunk freed under a read or write: look its mapping up again
 _CACHE_LIMIT = 2**20  # mappings kept per snapshot before starting afresh
 _RESERVED_KEY = struct.Struct('>QQQ')
@@ -68,21 +70,25 @@ class _Unflushed:
         return bool(self.new or self.written or self.length)
 
 
+def proc_stat(pid: int) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (field 3, the state, comes first),
+    or None if there is no such process."""
+    try:
+        with open(f'/proc/{pid}/stat', 'rb') as fh:
+            return fh.read().rsplit(b')', 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 def _process_identity() -> tuple[int, int]:
     """(pid, start time in clock ticks): a pid alone may be reused after a crash."""
     pid = os.getpid()
-    with open(f'/proc/{pid}/stat', 'rb') as fh:
-        fields = fh.read().rsplit(b')', 1)[1].split()
-    return pid, int(fields[19])
+    return pid, int(proc_stat(pid)[19])
 
 
 def process_alive(pid: int, start_ticks: int) -> bool:
-    try:
-        with open(f'/proc/{pid}/stat', 'rb') as fh:
-            fields = fh.read().rsplit(b')', 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return int(fields[19]) == start_ticks
+    fields = proc_stat(pid)
+    return fields is not None and int(fields[19]) == start_ticks
 
 
 def reserved_key(pid: int, start_ticks: int, first: int) -> bytes:
@@ -164,14 +170,22 @@ class DataPath:
         """length bytes at offset; with clamp, fewer at the end of the volume instead of an
         OutOfRangeError. With nowait, WouldBlock unless the data is in the page cache, and then
         `readahead` bytes past the end (within the last chunk) start coming in too."""
-        for attempt in range(_LOOKUP_ATTEMPTS):
+        try:
+            return self._read(vol, offset, length, clamp, nowait, readahead)
+        except ChunkGone:
+            return self._look_again(self._read, vol, offset, length, clamp, nowait, readahead)
+
+    @staticmethod
+    def _look_again(io: Callable[..., T], *args: Any) -> T:
+        """Retry a read or write whose chunk was freed after it looked the chunk up (zeroed,
+        shrunk or replaced, by another thread or process): the mapping is looked up anew. Only
+        the rare retry comes here, so the hot path pays no extra call."""
+        for _attempt in range(_LOOKUP_ATTEMPTS - 2):
             try:
-                return self._read(vol, offset, length, clamp, nowait, readahead)
+                return io(*args)
             except ChunkGone:
-                # Freed (zeroed, shrunk, replaced) after we looked it up: look again.
-                if attempt == _LOOKUP_ATTEMPTS - 1:
-                    raise
-        raise AssertionError('unreachable')
+                pass
+        return io(*args)
 
     def _read(self, vol: int, offset: int, length: int, clamp: bool, nowait: bool,
               readahead: int) -> bytes:
@@ -229,12 +243,10 @@ class DataPath:
         (Linux refuses RWF_NOWAIT for buffered writes on ext4): the kernel may throttle a writer
         that dirties memory faster than the disk drains it.
         """
-        for _attempt in range(_LOOKUP_ATTEMPTS - 1):
-            try:
-                return self._write(vol, offset, data, grow, nowait)
-            except ChunkGone:
-                pass  # freed after we looked it up (a concurrent zeroing, say): look again
-        return self._write(vol, offset, data, grow, nowait)
+        try:
+            return self._write(vol, offset, data, grow, nowait)
+        except ChunkGone:
+            return self._look_again(self._write, vol, offset, data, grow, nowait)
 
     def _write(self, vol: int, offset: int, data: bytes | memoryview, grow: bool,
                nowait: bool) -> int:

@@ -33,6 +33,7 @@ import trio
 
 from ..engine import Engine
 from ..engine.fsck import fsck
+from ..engine.volumes import proc_stat
 from ..errors import BusyError, CorruptionError, InvalidArgumentError
 from .operations import CurveOperations
 
@@ -266,25 +267,16 @@ def unmount(mountpoint: str, timeout: float = 120) -> None:
     if result.returncode != 0:
         raise BusyError(result.stderr.strip() or f'fusermount3 -u {mountpoint} failed')
     deadline = time.monotonic() + timeout
-    while pid is not None and _alive(pid):
+    while pid is not None and process_running(pid):
         if time.monotonic() > deadline:
             raise BusyError(f'daemon {pid} still running {timeout:.0f} s after the unmount')
         time.sleep(0.05)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (our own child, not yet reaped) has finished its work.
-    try:
-        with open(f'/proc/{pid}/stat') as fh:
-            return fh.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except FileNotFoundError:
-        return False
+def process_running(pid: int) -> bool:
+    """Alive and not a zombie: an exited daemon waiting to be reaped has finished its work."""
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] != b'Z'
 
 
 def _mounts() -> list[tuple[str, str, str]]:
@@ -296,5 +288,5 @@ def _mounts() -> list[tuple[str, str, str]]:
                 for parts in (line.split() for line in fh) if len(parts) >= 3]
 
 
-__all__ = ['MountError', 'MountOptions', 'mount_holder', 'run_foreground',
+__all__ = ['MountError', 'MountOptions', 'mount_holder', 'process_running', 'run_foreground',
            'start_daemon', 'unmount']

@@ -73,6 +73,11 @@ def _name(raw: bytes) -> str:
     return os.fsdecode(raw)
 
 
+def _posix(mode: int, ctx: Any) -> dict[str, int]:
+    """The mode bits and owner a new node gets from the request that makes it."""
+    return {'mode': stat.S_IMODE(mode), 'uid': ctx.uid, 'gid': ctx.gid}
+
+
 class CurveOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
@@ -209,9 +214,8 @@ class CurveOperations(pyfuse3.Operations):
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: Any) -> pyfuse3.EntryAttributes:
         self._check_writable()
-        posix = {'mode': stat.S_IMODE(mode), 'uid': ctx.uid, 'gid': ctx.gid}
         node = await self._run(functools.partial(
-            self.engine.mkdir, self._path(parent_inode, name), posix=posix))
+            self.engine.mkdir, self._path(parent_inode, name), posix=_posix(mode, ctx)))
         return self._attributes(node)
 
     @fuse_errors
@@ -272,10 +276,9 @@ class CurveOperations(pyfuse3.Operations):
         return self._attributes(await self._make_volume(parent_inode, name, mode, ctx))
 
     async def _make_volume(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Node:
-        posix = {'mode': stat.S_IMODE(mode), 'uid': ctx.uid, 'gid': ctx.gid}
         return await self._run(functools.partial(
             self.engine.create_volume, self._path(parent_inode, name), 0, aligned=False,
-            posix=posix))
+            posix=_posix(mode, ctx)))
 
     @fuse_errors
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
