@@ -5,15 +5,62 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from curvefuse.fuse.mount import process_running
+
 HAVE_FUSE = os.path.exists('/dev/fuse') and shutil.which('fusermount3') is not None
-def in_proc_mounts(path: Path) -> bool:
+def mount_options(path: Path) -> list[str] | None:
+    """The options of the mount at path in /proc/mounts (not a stat: a dead FUSE mount hangs or
+    answers ENOTCONN), or None if nothing is mounted there."""
     with open('/proc/mounts') as fh:
-        return any(line.split()[1] == str(path) for line in fh)
+        for line in fh:
+            fields = line.split()
+            if fields[1] == str(path):
+                return fields[3].split(',')
+    return None
+
+
+def in_proc_mounts(path: Path) -> bool:
+    return mount_options(path) is not None
+
+
+@contextmanager
+def detached_mount(data_dir: Path, mountpoint: Path, start: list[str],
+                   env: dict[str, str] | None = None) -> Iterator[int]:
+    """A mount whose daemon another program starts and detaches (`curvefuse mount`, mount(8)).
+    Yields the daemon's pid. However the test ends, the mount is lazily unmounted and that pid,
+    and no other process, is killed if it is still running."""
+    result = subprocess.run(start, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, **(env or {})})
+    assert result.returncode == 0, result.stderr
+    pid = int((data_dir / 'mount.lock').read_text().split()[0])
+    try:
+        yield pid
+    finally:
+        if in_proc_mounts(mountpoint):
+            subprocess.run(['fusermount3', '-z', '-u', str(mountpoint)], capture_output=True)
+        deadline = time.monotonic() + 10
+        while process_running(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if process_running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def wait_for_exit(pid: int, timeout: float = 30) -> bool:
+    """Whether the process has finished (or is a zombie) within timeout."""
+    deadline = time.monotonic() + timeout
+    while process_running(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def have_cap_sys_resource() -> bool:

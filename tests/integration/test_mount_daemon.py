@@ -7,12 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from .helpers import Daemon, curvefuse, have_cap_sys_resource
+from curvefuse.fuse.mount import process_running
+
+from .helpers import (Daemon, curvefuse, detached_mount, have_cap_sys_resource, mount_options,
+                      wait_for_exit)
 
 
 def test_mount_shows_in_proc_mounts_as_fuse_curvefuse(mounted: Daemon) -> None:
@@ -51,32 +53,16 @@ def test_daemonized_mount_and_waiting_umount(daemon_factory, data_dir: Path) -> 
     """`curvefuse mount` returns once the mount is live; `curvefuse umount` returns once the
     daemon has flushed everything and exited."""
     daemon = daemon_factory()  # only for its mount point and log checks
-    result = curvefuse('mount', str(data_dir), str(daemon.mountpoint), '--log', str(daemon.log))
-    assert result.returncode == 0, result.stderr
-    assert os.path.ismount(daemon.mountpoint)
-    with open(data_dir / 'mount.lock') as fh:
-        pid = int(fh.read().split()[0])
-    try:
+    start = [sys.executable, '-m', 'curvefuse.cli', 'mount', str(data_dir),
+             str(daemon.mountpoint), '--log', str(daemon.log)]
+    with detached_mount(data_dir, daemon.mountpoint, start) as pid:
+        assert os.path.ismount(daemon.mountpoint)
         (daemon.mountpoint / 'vol').write_bytes(b'x' * 10000)
         result = curvefuse('umount', str(daemon.mountpoint))
         assert result.returncode == 0, result.stderr
         assert not os.path.ismount(daemon.mountpoint)
-        assert not running(pid)
-    finally:
-        if os.path.ismount(daemon.mountpoint):
-            subprocess.run(['fusermount3', '-z', '-u', str(daemon.mountpoint)])
-        if running(pid):
-            os.kill(pid, signal.SIGKILL)
+        assert not process_running(pid)  # umount returned only after the daemon finished
     assert not (data_dir / 'mount.dirty').exists()
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie (an exited daemon waits for a reaper that may be slow here)."""
-    try:
-        with open(f'/proc/{pid}/stat') as fh:
-            return fh.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except FileNotFoundError:
-        return False
 
 
 def test_mount_after_a_crash_checks_the_store_first(daemon_factory, data_dir: Path) -> None:
@@ -165,48 +151,31 @@ def test_debug_and_allow_other_reach_the_daemon(daemon_factory, data_dir: Path) 
     """`curvefuse mount ... --debug -o allow_other`, daemonized: the kernel mount carries
     allow_other and the daemon's log has debug lines."""
     daemon = daemon_factory()
-    result = curvefuse('mount', str(data_dir), str(daemon.mountpoint), '--debug',
-                       '-o', 'allow_other', '--log', str(daemon.log))
-    assert result.returncode == 0, result.stderr
-    try:
-        with open('/proc/mounts') as fh:
-            options = next(line.split()[3] for line in fh
-                           if line.split()[1] == str(daemon.mountpoint))
-        assert 'allow_other' in options.split(',')
+    start = [sys.executable, '-m', 'curvefuse.cli', 'mount', str(data_dir),
+             str(daemon.mountpoint), '--debug', '-o', 'allow_other', '--log', str(daemon.log)]
+    with detached_mount(data_dir, daemon.mountpoint, start) as pid:
+        assert 'allow_other' in mount_options(daemon.mountpoint)
         os.listdir(daemon.mountpoint)
         assert ' DEBUG ' in daemon.log.read_text()
-    finally:
-        assert curvefuse('umount', str(daemon.mountpoint), check=False).returncode == 0
+        assert curvefuse('umount', str(daemon.mountpoint)).returncode == 0
+        assert not process_running(pid)
 
 
 def test_mount_8_and_fstab(daemon_factory, data_dir: Path, tmp_path: Path) -> None:
     """`mount -t fuse.curvefuse DATA_DIR MOUNTPOINT -o ...` and an fstab line work through the
     system's mount.fuse3 helper, which runs `curvefuse` from PATH; umount(8) stops the daemon."""
     daemon = daemon_factory()
-    env = {**os.environ, 'PATH': f'{Path(sys.executable).parent}:{os.environ["PATH"]}'}
+    path = {'PATH': f'{Path(sys.executable).parent}:{os.environ["PATH"]}'}
     fstab = tmp_path / 'fstab'
     fstab.write_text(f'{data_dir} {daemon.mountpoint} fuse.curvefuse '
                      'defaults,allow_other,ro,noauto,_netdev,x-systemd.automount 0 0\n')
-    attempts = [['mount', '-t', 'fuse.curvefuse', str(data_dir), str(daemon.mountpoint),
-                 '-o', 'allow_other,ro'],
-                ['mount', '-T', str(fstab), str(daemon.mountpoint)]]
-    for command in attempts:
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
-        try:
-            assert result.returncode == 0, result.stderr
-            with open('/proc/mounts') as fh:
-                options = next(line.split()[3] for line in fh
-                               if line.split()[1] == str(daemon.mountpoint)).split(',')
-            assert {'ro', 'allow_other'} <= set(options)
+    for start in (['mount', '-t', 'fuse.curvefuse', str(data_dir), str(daemon.mountpoint),
+                   '-o', 'allow_other,ro'],
+                  ['mount', '-T', str(fstab), str(daemon.mountpoint)]):
+        with detached_mount(data_dir, daemon.mountpoint, start, env=path) as pid:
+            assert {'ro', 'allow_other'} <= set(mount_options(daemon.mountpoint))
             with pytest.raises(OSError):
                 (daemon.mountpoint / 'x').touch()
-            pid = int((data_dir / 'mount.lock').read_text().split()[0])
-        finally:
-            if subprocess.run(['umount', str(daemon.mountpoint)]).returncode != 0:
-                subprocess.run(['fusermount3', '-z', '-u', str(daemon.mountpoint)])
-        for _ in range(600):
-            if not running(pid):
-                break
-            time.sleep(0.05)
-        assert not running(pid)
+            subprocess.run(['umount', str(daemon.mountpoint)], check=True)
+            assert wait_for_exit(pid)
         assert not (data_dir / 'mount.dirty').exists()  # a clean stop

@@ -14,7 +14,6 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 from .helpers import Daemon
 

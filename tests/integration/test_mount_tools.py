@@ -14,9 +14,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
-import pytest
 
 from .helpers import Daemon, curvefuse
 
