@@ -115,6 +115,14 @@ class HasSnapshotsError(EngineError):
     """The volume has snapshots, so it cannot be deleted, renamed or re-owned."""
 
 
+class ProtectedError(EngineError):
+    """The snapshot is protected; unprotect it before deleting it."""
+
+
+class NotProtectedError(EngineError):
+    """Clones are made only from protected snapshots (Curve's rule)."""
+
+
 class InvalidArgumentError(EngineError):
     """A malformed path, name, offset, size or type."""
 
@@ -195,6 +203,10 @@ ERROR_TABLE: dict[type[BaseException], ErrorCodes] = {
     AccessError: ErrorCodes(_E.EACCES, _C.AUTHFAIL, _R.INVALID_USER),
     BusyError: ErrorCodes(_E.EBUSY, _C.FILE_OCCUPIED, _R.FILE_OCCUPIED),
     HasSnapshotsError: ErrorCodes(_E.EBUSY, _C.UNDER_SNAPSHOT, _R.UNDER_SNAPSHOT),
+    # Curve's MDS codes kSnapshotFileProtected / kSnapshotFileNotProtected reach its client
+    # as UNKNOWN.
+    ProtectedError: ErrorCodes(_E.EBUSY, _C.UNKNOWN, _R.FILE_STATUS_INVALID),
+    NotProtectedError: ErrorCodes(_E.EINVAL, _C.UNKNOWN, _R.FILE_STATUS_INVALID),
     InvalidArgumentError: ErrorCodes(_E.EINVAL, _C.PARAM_ERROR, _R.INVALID_ARGUMENT),
     NameTooLongError: ErrorCodes(_E.ENAMETOOLONG, _C.PARAM_ERROR, _R.INVALID_ARGUMENT),
     BadLengthError: ErrorCodes(_E.EINVAL, _C.LENGTH_NOT_SUPPORT, _R.NOT_SUPPORT),
@@ -204,7 +216,8 @@ ERROR_TABLE: dict[type[BaseException], ErrorCodes] = {
     # Curve answers IO past the end with FAILED; a block device answers ENOSPC.
     OutOfRangeError: ErrorCodes(_E.ENOSPC, _C.FAILED, _R.INVALID_ARGUMENT),
     NoSpaceError: ErrorCodes(_E.ENOSPC, _C.NO_SPACE, _R.INTERNAL),
-    ReadOnlyError: ErrorCodes(_E.EROFS, _C.DISABLEIO, _R.NOT_SUPPORT),
+    # Curve's release1.5 answers a write to a read-only clone with READONLY.
+    ReadOnlyError: ErrorCodes(_E.EROFS, _C.READONLY, _R.NOT_SUPPORT),
     BadHandleError: ErrorCodes(_E.EBADF, _C.BAD_FD, _R.INVALID_ARGUMENT),
     CorruptionError: ErrorCodes(_E.EIO, _C.CRC_ERROR, _R.INTERNAL),
     StorageError: ErrorCodes(_E.EIO, _C.DISK_FAIL, _R.INTERNAL),

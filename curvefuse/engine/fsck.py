@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import lmdb
 
 from .meta import (DIRENT_PREFIX, KIND_VOLUME, RECYCLE_ID, ROOT_ID, U64, Node, decode_map_key,
-                   decode_name)
-from .store import Engine
+                   decode_map_value, decode_name)
+from .store import Engine, SnapshotInfo
 from .volumes import decode_reserved_key, process_alive
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class FsckReport:
     volumes: int = 0
     directories: int = 0
     chunks: int = 0
+    snapshots: int = 0
 
     @property
     def clean(self) -> bool:
@@ -55,8 +56,8 @@ class FsckReport:
     def summary(self) -> str:
         state = ('clean' if self.clean else
                  f'{len(self.corruption)} corruption(s), {len(self.leaks)} leak(s)')
-        return (f'{self.directories} directories, {self.volumes} volumes, {self.chunks} chunks: '
-                f'{state}' + (f'; repaired {len(self.repaired)}' if self.repaired else ''))
+        return (f'{self.directories} directories, {self.volumes} volumes, {self.snapshots} '
+                f'snapshots, {self.chunks} chunks: {state}' + (f'; repaired {len(self.repaired)}' if self.repaired else ''))
 
 
 class _Checker:
@@ -68,6 +69,7 @@ class _Checker:
     def run(self, repair: bool) -> FsckReport:
         with self.meta.read() as txn:
             nodes = self._check_nodes(txn)
+            self._check_snapshots(txn, nodes)
             referenced = self._check_chunkmap(txn, nodes)
             live_ranges, dead_reservations = self._reservations(txn)
         self._check_chunk_files(referenced, live_ranges, dead_reservations, repair)
@@ -137,8 +139,11 @@ class _Checker:
         size = self.engine.chunk_size
         for key, value in self.meta.iter_db(txn, 'chunkmap'):
             vol, idx, seq = decode_map_key(key)
-            chunk_id = U64.unpack(value)[0]
             where = f'volume {vol} chunk {idx} (seq {seq})'
+            if len(value) not in (U64.size, U64.size + self.engine.data.bitmap_bytes):
+                self._corrupt(f'{where}: mapping of {len(value)} bytes')
+                continue
+            chunk_id, bits = decode_map_value(value)
             self.report.chunks += 1
             node = nodes.get(vol)
             if node is None or node.kind != KIND_VOLUME:
@@ -147,6 +152,10 @@ class _Checker:
                 self._corrupt(f'{where}: beyond the end of the volume ({node.length})')
             elif seq > node.seq:
                 self._corrupt(f'{where}: newer than the volume (seq {node.seq})')
+            if chunk_id == 0:
+                if bits is not None:
+                    self._corrupt(f'{where}: a partial mapping without a chunk')
+                continue  # a tombstone: zeros, no file
             if chunk_id in referenced:
                 self._corrupt(f'{where}: chunk {chunk_id:x} also used by {referenced[chunk_id]}')
             referenced[chunk_id] = where
@@ -158,10 +167,42 @@ class _Checker:
                 self._corrupt(f'{where}: chunk file {chunk_id:x} is longer than a chunk')
         return referenced
 
+    def _check_snapshots(self, txn: lmdb.Transaction, nodes: dict[int, Node]) -> None:
+        """Snapshot records name live volumes and older sequences; clones and their sources'
+        child lists agree."""
+        children: dict[tuple[int, str], tuple[int, ...]] = {}
+        for key, value in self.meta.iter_db(txn, 'snapshots'):
+            vol = U64.unpack_from(key)[0]
+            name = decode_name(bytes(key[U64.size:]))
+            node = nodes.get(vol)
+            if node is None or node.kind != KIND_VOLUME:
+                self._corrupt(f'snapshot {name!r} of volume {vol}, which does not exist')
+                continue
+            snap = SnapshotInfo.decode(node, name, value)
+            self.report.snapshots += 1
+            if snap.seq >= node.seq:
+                self._corrupt(f'snapshot {name!r} of volume {vol} has seq {snap.seq}, not older '
+                              f'than the volume\'s {node.seq}')
+            children[(vol, name)] = snap.children
+            for child in snap.children:
+                clone = nodes.get(child)
+                source = None if clone is None else clone.extra.get('clone')
+                if source is None or (source['vol'], source['snapshot']) != (vol, name):
+                    self._corrupt(f'snapshot {name!r} of volume {vol} lists {child} as a clone, '
+                                  f'which is not one of it')
+        for node in nodes.values():
+            source = node.extra.get('clone')
+            if source is not None and node.id not in children.get(
+                    (source['vol'], source['snapshot']), ()):
+                self._corrupt(f'clone {node.id} ({node.name!r}) reads from snapshot '
+                              f'{source["snapshot"]!r} of volume {source["vol"]}, which does not '
+                              f'list it')
+
     def _still_mapped_and_missing(self, key: bytes, chunk_id: int) -> bool:
         """Re-check with a fresh snapshot: another process may have freed it meanwhile."""
         with self.meta.read() as txn:
-            still = txn.get(key, db=self.meta.db['chunkmap']) == U64.pack(chunk_id)
+            value = txn.get(key, db=self.meta.db['chunkmap'])
+            still = value is not None and decode_map_value(value)[0] == chunk_id
         return still and self.engine.chunks.size(chunk_id) is None
 
     def _reservations(self, txn: lmdb.Transaction) -> tuple[list[range], list[bytes]]:
@@ -185,7 +226,8 @@ class _Checker:
             # since ours by a process now writing them (a file we listed was reserved before it
             # was made, so before this snapshot).
             with self.meta.read() as txn:
-                now_referenced = {U64.unpack(v)[0] for _k, v in self.meta.iter_db(txn, 'chunkmap')}
+                now_referenced = {U64.unpack_from(v)[0]
+                                  for _k, v in self.meta.iter_db(txn, 'chunkmap')}
                 live_now, _dead = self._reservations(txn)
         for chunk_id, path in unreferenced:
             if chunk_id is not None and (chunk_id in now_referenced or

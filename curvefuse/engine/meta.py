@@ -8,9 +8,16 @@ Key layout (integers are unsigned 64-bit big-endian, so LMDB's byte order is num
 ``nodes``     node id -> NODE_HEAD struct + JSON tail (see `Node`). Id 0 is ``/``, 1 is
               ``/RecycleBin``; user entries start at 3, as in Curve.
 ``dirents``   parent id + name bytes -> child node id.
-``chunkmap``  volume id + chunk index + (2**64-1 - seq) -> chunk id. The inverted sequence makes
-              the newest version of a chunk sort first, so "the chunk as of sequence S" is one
-              ``set_range`` to (vol, idx, ~S). Until snapshots exist every entry has seq 1.
+``chunkmap``  volume id + chunk index + (2**64-1 - seq) -> chunk id [+ block bitmap]. The inverted
+              sequence makes the newest version of a chunk sort first, so "the chunk as of
+              sequence S" starts with one ``set_range`` to (vol, idx, ~S). A value of 8 bytes is
+              a *full* entry: the chunk holds every block of that version (chunk id 0: a
+              *tombstone*, all zeros, hiding older versions). A longer value is a *partial*
+              entry: the bitmap (one bit per 4 KiB block, little-endian) says which blocks the
+              chunk holds; the others come from the next older entry, and below the oldest from
+              the clone source (see `Node.extra['clone']`) or zeros. Every chunk id is named by
+              one entry at most. Seq 0 holds a flattened clone's copy of its source.
+``snapshots`` volume id + snapshot name bytes -> JSON (see `SnapshotInfo` in store.py).
 ``xattrs``    node id + attribute name bytes -> value (the mount's ``user.*`` attributes).
 ``reserved``  pid + process start time + first chunk id -> end chunk id. A process writes chunk
               files with ids from its own reserved range before their mapping is committed; fsck
@@ -54,7 +61,8 @@ DIRENT_PREFIX = struct.Struct('>Q')
 NODE_HEAD = struct.Struct('>BBQQQQQQ')
 MAX_U64 = 2**64 - 1
 
-_DB_NAMES = ('config', 'counters', 'nodes', 'dirents', 'chunkmap', 'reserved', 'xattrs')
+_DB_NAMES = ('config', 'counters', 'nodes', 'dirents', 'chunkmap', 'reserved', 'xattrs',
+             'snapshots')
 _INITIAL_MAP_SIZE = 2**36  # address space only: the file grows as pages are used
 T = TypeVar('T')
 
@@ -116,6 +124,21 @@ def map_key(vol: int, idx: int, seq: int) -> bytes:
 def decode_map_key(key: bytes) -> tuple[int, int, int]:
     vol, idx, inv = MAP_KEY.unpack(key)
     return vol, idx, MAX_U64 - inv
+
+
+def encode_map_value(chunk_id: int, bits: int | None, bitmap_bytes: int) -> bytes:
+    """A full entry (bits None) or a partial one holding the blocks set in bits."""
+    if bits is None:
+        return U64.pack(chunk_id)
+    return U64.pack(chunk_id) + bits.to_bytes(bitmap_bytes, 'little')
+
+
+def decode_map_value(value: bytes) -> tuple[int, int | None]:
+    """(chunk id, block bits or None for a full entry)."""
+    chunk_id = U64.unpack_from(value)[0]
+    if len(value) == U64.size:
+        return chunk_id, None
+    return chunk_id, int.from_bytes(value[U64.size:], 'little')
 
 
 class MetaStore:
@@ -225,19 +248,23 @@ class MetaStore:
     def put_config(self, txn: lmdb.Transaction, key: str, value: str) -> None:
         txn.put(key.encode(), value.encode(), db=self.db['config'])
 
-    def chunk_at(self, txn: lmdb.Transaction, vol: int, idx: int,
-                 seq: int = MAX_U64) -> tuple[int, int] | None:
-        """(chunk id, seq) of the newest version of chunk idx with a sequence <= seq."""
+    def versions(self, txn: lmdb.Transaction, vol: int, idx: int,
+                 seq: int = MAX_U64) -> Iterator[tuple[int, int, int | None]]:
+        """(seq, chunk id, bits or None) of chunk idx's entries with a sequence <= seq, newest
+        first."""
         cur = txn.cursor(db=self.db['chunkmap'])
         if not cur.set_range(map_key(vol, idx, seq)):
-            return None
-        key = cur.key()
-        if key[:16] != MAP_KEY.pack(vol, idx, 0)[:16]:
-            return None
-        return U64.unpack(cur.value())[0], MAX_U64 - MAP_KEY.unpack(key)[2]
+            return
+        prefix = MAP_KEY.pack(vol, idx, 0)[:16]
+        for key, value in cur:
+            if key[:16] != prefix:
+                return
+            yield (MAX_U64 - MAP_KEY.unpack(key)[2], *decode_map_value(value))
 
-    def volume_chunks(self, txn: lmdb.Transaction, vol: int) -> Iterator[tuple[int, int, int]]:
-        """(index, seq, chunk id) of every mapping of a volume, in index order."""
+    def volume_chunks(self, txn: lmdb.Transaction,
+                      vol: int) -> Iterator[tuple[int, int, int, int | None]]:
+        """(index, seq, chunk id, bits or None) of every entry of a volume, in index order and
+        newest first within an index."""
         prefix = U64.pack(vol)
         cur = txn.cursor(db=self.db['chunkmap'])
         if not cur.set_range(prefix):
@@ -246,7 +273,7 @@ class MetaStore:
             if not key.startswith(prefix):
                 return
             _, idx, seq = decode_map_key(key)
-            yield idx, seq, U64.unpack(value)[0]
+            yield (idx, seq, *decode_map_value(value))
 
     def delete_prefix(self, txn: lmdb.Transaction, name: str, prefix: bytes) -> int:
         """Delete every key of a sub-database that starts with prefix; how many went."""

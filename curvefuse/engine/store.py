@@ -19,20 +19,23 @@ import logging
 import os
 import threading
 import time
+import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import lmdb
 
 from ..errors import (AccessError, BadHandleError, BadLengthError, BusyError, ExistsError,
-                      ExtentUnitError, FormatError, InvalidArgumentError, IsDirectoryError,
-                      NameTooLongError, NotDirectoryError, NotEmptyError, NotFoundError,
-                      NotSupportedError, ReadOnlyError, ShrinkError)
+                      ExtentUnitError, FormatError, HasSnapshotsError, InvalidArgumentError,
+                      IsDirectoryError, NameTooLongError, NotDirectoryError, NotEmptyError,
+                      NotFoundError, NotProtectedError, NotSupportedError, ProtectedError,
+                      ReadOnlyError, ShrinkError, StorageError)
 from .chunks import ChunkStore
 from .meta import (FIRST_USER_ID, FORMAT_VERSION, KIND_DIRECTORY, KIND_VOLUME, RECYCLE_ID,
-                   ROOT_ID, U64, MetaStore, Node, map_key)
+                   ROOT_ID, U64, MetaStore, Node, decode_name, encode_name, map_key)
 from .opens import OpenRegistry
-from .volumes import DataPath
+from .volumes import DataPath, Resolution, process_alive
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4096
 MAX_XATTR_VALUE = 65536  # Linux's XATTR_SIZE_MAX
 STATUS_CREATED = 0
+_COPY_PIECE = 2**20  # flatten reads its source this much at a time
 
 
 def encoded(text: str, what: str) -> bytes:
@@ -85,6 +89,28 @@ def check_name(name: str, context: str | None = None) -> None:
         raise NameTooLongError(f'name longer than {MAX_NAME_BYTES} bytes{where}')
 
 
+def check_snapshot_name(name: object) -> None:
+    """A snapshot name is a path component without "@" (Curve splits "file@snap" at the last
+    "@")."""
+    if not isinstance(name, str):
+        raise InvalidArgumentError(f'snapshot name must be a string, not {type(name).__name__}')
+    check_name(name)
+    if '@' in name:
+        raise InvalidArgumentError(f'snapshot name {name!r} contains "@"')
+
+
+def split_snapshot_path(path: str) -> tuple[str, str | None]:
+    """Curve's "/vol@snap" convention: (volume path, snapshot name), or (path, None) when the
+    last component has no "@"."""
+    if not isinstance(path, str):
+        return path, None
+    head, _slash, last = path.rpartition('/')
+    if '@' not in last:
+        return path, None
+    volume, _at, name = path.rpartition('@')
+    return volume, name
+
+
 def check_user(user: object) -> None:
     if user is None:
         return
@@ -120,6 +146,54 @@ def _check_owner(node: Node, user: str | None) -> None:
 
 def _xattr_key(node_id: int, name: str) -> bytes:
     return U64.pack(node_id) + name.encode('utf-8', 'surrogateescape')
+
+
+def _snapshot_key(vol: int, name: str) -> bytes:
+    return U64.pack(vol) + encode_name(name)
+
+
+def _read_only_clone(node: Node) -> bool:
+    return bool(node.extra.get('clone', {}).get('readonly'))
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A named snapshot: the volume's content as of sequence `seq`."""
+
+    id: int  # from the node id counter, so the mount can give it an inode of its own
+    uuid: str
+    vol_id: int
+    name: str
+    seq: int
+    length: int
+    created_ns: int
+    protected: bool
+    children: tuple[int, ...]  # clones made from it
+    owner: str
+
+    def encode(self) -> bytes:
+        return json.dumps({'id': self.id, 'uuid': self.uuid, 'seq': self.seq,
+                           'length': self.length, 'created_ns': self.created_ns,
+                           'protected': self.protected, 'children': list(self.children)},
+                          separators=(',', ':')).encode()
+
+    @classmethod
+    def decode(cls, node: Node, name: str, raw: bytes) -> 'SnapshotInfo':
+        fields = json.loads(bytes(raw))
+        return cls(fields['id'], fields['uuid'], node.id, name, fields['seq'], fields['length'],
+                   fields['created_ns'], fields['protected'], tuple(fields['children']),
+                   node.owner)
+
+
+@dataclass(frozen=True)
+class CloneState:
+    """A clone that still reads from its source."""
+
+    source_path: str
+    snapshot: str
+    readonly: bool
+    flattening: bool  # a flatten was started and has not finished
+    progress: int  # 0-100
 
 
 @dataclass(frozen=True)
@@ -163,6 +237,8 @@ class Engine:
         self.opens = OpenRegistry(os.path.join(data_dir, 'opens.lock'))
         self.data = DataPath(self.meta, self.chunks, self.chunk_size)
         self._users = 0
+        self._flatten_lock = threading.Lock()
+        self._flatteners: dict[int, tuple[threading.Thread, threading.Event]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -209,6 +285,7 @@ class Engine:
                 return
             self._registry.pop((os.getpid(), self.data_dir), None)
         try:
+            self._stop_flatteners()
             self.data.flush_all()
             self.data.drop_reservations()
         finally:
@@ -440,9 +517,22 @@ class Engine:
         return self._visible(self.meta.write(change))
 
     def _ensure_can_change(self, node: Node) -> None:
-        """Curve's CheckFileCanChange for a volume: refused while any door has it open."""
-        if not node.is_dir and self.opens.is_open(node.id):
+        """Curve's CheckFileCanChange for a volume: refused while any door has it open or a
+        live process flattens it."""
+        if node.is_dir:
+            return
+        if self.opens.is_open(node.id):
             raise BusyError(f'{node.name} is open')
+        progress = node.extra.get('clone', {}).get('flatten')
+        if progress is not None and process_alive(*progress['worker']):
+            raise BusyError(f'{node.name} is being flattened')
+
+    def _ensure_no_snapshots(self, txn: lmdb.Transaction, node: Node) -> None:
+        """Curve refuses to delete, rename or re-own a volume that has snapshots."""
+        if not node.is_dir:
+            names = [snap.name for snap in self._snapshots_of(txn, node)]
+            if names:
+                raise HasSnapshotsError(f'{node.name} has snapshots: {", ".join(names)}')
 
     def _recycle(self, txn: lmdb.Transaction, node: Node, original_path: str, now: int) -> None:
         """Move a volume into /RecycleBin as "<name>-<id>", remembering where it was."""
@@ -476,6 +566,7 @@ class Engine:
                 self._forget_node(txn, node)
                 self._touch(txn, parent, now)
                 return None
+            self._ensure_no_snapshots(txn, node)
             if check_open or node.parent == RECYCLE_ID:
                 self._ensure_can_change(node)
             if node.parent == RECYCLE_ID:
@@ -503,8 +594,11 @@ class Engine:
         """Drop a volume's node, name and chunk mappings in one transaction, so a crash leaves at
         most unreferenced chunk files (leaks fsck frees); returns the volume id and the chunk ids
         whose files go after the commit."""
-        chunk_ids = [chunk_id for _idx, _seq, chunk_id in self.meta.volume_chunks(txn, node.id)]
+        chunk_ids = [chunk_id for _idx, _seq, chunk_id, _bits
+                     in self.meta.volume_chunks(txn, node.id) if chunk_id]
         self.meta.delete_prefix(txn, 'chunkmap', U64.pack(node.id))
+        if 'clone' in node.extra:
+            self._forget_child(txn, node.extra['clone'], node.id)
         self._forget_node(txn, node)
         self._touch(txn, self._node(txn, node.parent), time.time_ns())
         return node.id, chunk_ids
@@ -590,6 +684,7 @@ class Engine:
             node = self._existing(txn, old, user)
             if node.id == RECYCLE_ID:
                 raise InvalidArgumentError('/RecycleBin cannot be renamed')
+            self._ensure_no_snapshots(txn, node)
             if check_open:
                 self._ensure_can_change(node)
             target = self._resolve(txn, new, user)
@@ -604,6 +699,7 @@ class Engine:
                 elif node.is_dir:
                     raise NotDirectoryError(f'{new} is a volume, {old} a directory')
                 else:
+                    self._ensure_no_snapshots(txn, target.node)
                     if check_open:
                         self._ensure_can_change(target.node)
                     self._recycle(txn, target.node, new, time.time_ns())
@@ -628,10 +724,12 @@ class Engine:
         node = self.stat(path, user)
         if node.is_dir:
             raise IsDirectoryError(f'{path} is a directory')
+        if _read_only_clone(node):
+            raise ReadOnlyError(f'{path} is a read-only clone')
         if length < node.length:
             if not allow_shrink:
                 raise ShrinkError(f'{path}: {length} is smaller than {node.length}')
-            return self._shrink(node.id, length)
+            return self._shrink(node, length)
         if aligned and (length - node.length) % BLOCK_SIZE:
             raise ExtentUnitError(f'growth by {length - node.length} is not a multiple '
                                   f'of {BLOCK_SIZE}')
@@ -645,33 +743,46 @@ class Engine:
 
         return self._visible(self.meta.write(grow))
 
-    def _shrink(self, vol: int, length: int) -> Node:
-        size = self.chunk_size
+    def _shrink(self, node: Node, length: int) -> Node:
+        """With no snapshot only the live version reads the chunk map, so every entry past the
+        new end goes. The tail of the last chunk is zeroed first (growing again must not bring
+        old bytes back): truncated where the chunk is the live version's own, else written with
+        zeros (copy-on-write where an older chunk shows through)."""
+        vol, size = node.id, self.chunk_size
+        if 'clone' in node.extra:
+            raise NotSupportedError(f'{node.name} is a clone; flatten it before shrinking')
+        with self.meta.read() as txn:
+            self._ensure_no_snapshots(txn, node)
         keep = -(-length // size)  # chunks that still hold data
         with self.data.flush_lock:
             self.data.flush(vol)
-            with self.meta.read() as txn:
-                head = self._node(txn, vol)
-                mapped = [(idx, cid) for idx, seq, cid in self.meta.volume_chunks(txn, vol)
-                          if seq == head.seq]
-            if length % size:
-                # Zero the tail first: growing again must not bring old bytes back.
-                for idx, chunk_id in mapped:
-                    if idx == length // size:
-                        self.chunks.truncate(chunk_id, length % size)
+            tail = length % size
+            if tail:
+                with self.meta.read() as txn:
+                    head = self._node(txn, vol)
+                    own = txn.get(map_key(vol, length // size, head.seq),
+                                  db=self.meta.db['chunkmap'])
+                if own is not None and len(own) == U64.size and U64.unpack(own)[0]:
+                    self.chunks.truncate(U64.unpack(own)[0], tail)
+                else:
+                    self.data.write(vol, length, bytes(min(size, head.length - length + tail)
+                                                       - tail))
+                    self.data.flush(vol)
 
-            def shrink(txn: lmdb.Transaction) -> Node:
-                node = self._node(txn, vol)
-                for idx, _chunk_id in mapped:
-                    if idx >= keep:
-                        txn.delete(map_key(vol, idx, node.seq), db=self.meta.db['chunkmap'])
-                node.length = length
-                self._touch(txn, node, time.time_ns())
-                return node
+            def shrink(txn: lmdb.Transaction) -> tuple[Node, list[int]]:
+                current = self._node(txn, vol)
+                self._ensure_no_snapshots(txn, current)
+                gone = [(idx, seq, chunk_id) for idx, seq, chunk_id, _bits
+                        in self.meta.volume_chunks(txn, vol) if idx >= keep]
+                for idx, seq, _chunk_id in gone:
+                    txn.delete(map_key(vol, idx, seq), db=self.meta.db['chunkmap'])
+                current.length = length
+                self._touch(txn, current, time.time_ns())
+                return current, [chunk_id for *_key, chunk_id in gone if chunk_id]
 
-            node = self.meta.write(shrink)
-        self.data.discard_chunks([chunk_id for idx, chunk_id in mapped if idx >= keep])
-        return node
+            shrunk, freed = self.meta.write(shrink)
+            self.data.discard_chunks(freed)
+        return shrunk
 
     def chown(self, path: str, new_owner: str, user: str | None = None) -> None:
         """Curve's ChangeOwner: root only; an open volume or a non-empty directory refuses."""
@@ -690,11 +801,462 @@ class Engine:
                 raise InvalidArgumentError(f'{path} always belongs to root')
             if node.is_dir and self.meta.has_entries(txn, node.id):
                 raise NotEmptyError(f'{path} is not empty')
+            self._ensure_no_snapshots(txn, node)
             self._ensure_can_change(node)
             node.owner = new_owner
             self._touch(txn, node, time.time_ns())
 
         self.meta.write(chown)
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def _volume(self, txn: lmdb.Transaction, path: str, user: str | None) -> Node:
+        node = self._existing(txn, path, user)
+        if node.is_dir:
+            raise IsDirectoryError(f'{path} is a directory')
+        return node
+
+    def _snapshot_record(self, txn: lmdb.Transaction, node: Node, name: str,
+                         path: str) -> SnapshotInfo:
+        raw = txn.get(_snapshot_key(node.id, name), db=self.meta.db['snapshots'])
+        if raw is None:
+            raise NotFoundError(f'{path} has no snapshot {name!r}')
+        return SnapshotInfo.decode(node, name, raw)
+
+    def _put_snapshot(self, txn: lmdb.Transaction, snap: SnapshotInfo) -> None:
+        txn.put(_snapshot_key(snap.vol_id, snap.name), snap.encode(), db=self.meta.db['snapshots'])
+
+    def _snapshots_of(self, txn: lmdb.Transaction, node: Node) -> list[SnapshotInfo]:
+        prefix = U64.pack(node.id)
+        cur = txn.cursor(db=self.meta.db['snapshots'])
+        found = []
+        if cur.set_range(prefix):
+            for key, value in cur:
+                if not key.startswith(prefix):
+                    break
+                found.append(SnapshotInfo.decode(node, decode_name(key[len(prefix):]), value))
+        return sorted(found, key=lambda snap: snap.seq)
+
+    def create_snapshot(self, path: str, name: str, user: str | None = None,
+                        protect: bool = False) -> SnapshotInfo:
+        """Freeze the volume's current content as `name`: O(1), no data is copied.
+
+        This process's unflushed writes are flushed first and its writes to the volume wait
+        for the commit; other processes' writes are crash-consistent (see volumes.py).
+        """
+        check_snapshot_name(name)
+        node = self.stat(path, user)
+        if node.is_dir:
+            raise IsDirectoryError(f'{path} is a directory')
+        with self.data.flush_lock, self.data.frozen(node.id):
+            self.data.flush(node.id)
+
+            def snapshot(txn: lmdb.Transaction) -> SnapshotInfo:
+                current = self._volume(txn, path, user)
+                if current.id != node.id:
+                    raise NotFoundError(f'{path} was replaced meanwhile')
+                if current.parent == RECYCLE_ID:
+                    raise NotSupportedError('volumes in /RecycleBin cannot be snapshotted')
+                if txn.get(_snapshot_key(current.id, name), db=self.meta.db['snapshots']):
+                    raise ExistsError(f'{path} already has a snapshot {name!r}')
+                now = time.time_ns()
+                snap = SnapshotInfo(self.meta.next_id(txn, 'node'), str(uuid.uuid4()), current.id,
+                                    name, current.seq, current.length, now, protect, (),
+                                    current.owner)
+                self._put_snapshot(txn, snap)
+                current.seq += 1
+                current.ctime_ns = now
+                self.meta.put_node(txn, current)
+                return snap
+
+            snap = self.meta.write(snapshot)
+        log.info('snapshot %s@%s taken (seq %d)', path, name, snap.seq)
+        return snap
+
+    def list_snapshots(self, path: str, user: str | None = None) -> list[SnapshotInfo]:
+        """A volume's snapshots, oldest first."""
+        with self.meta.read() as txn:
+            return self._snapshots_of(txn, self._volume(txn, path, user))
+
+    def get_snapshot(self, path: str, name: str, user: str | None = None) -> SnapshotInfo:
+        check_snapshot_name(name)
+        with self.meta.read() as txn:
+            return self._snapshot_record(txn, self._volume(txn, path, user), name, path)
+
+    def snapshot_by_id(self, vol_id: int, name: str) -> SnapshotInfo:
+        """A snapshot by volume id and name, with no owner checks (the mount)."""
+        with self.meta.read() as txn:
+            return self._snapshot_record(txn, self._node(txn, vol_id), name, f'volume {vol_id}')
+
+    def snapshots_by_id(self, vol_id: int) -> list[SnapshotInfo]:
+        with self.meta.read() as txn:
+            return self._snapshots_of(txn, self._node(txn, vol_id))
+
+    def _set_protection(self, path: str, name: str, user: str | None, protect: bool) -> None:
+        check_snapshot_name(name)
+
+        def change(txn: lmdb.Transaction) -> None:
+            snap = self._snapshot_record(txn, self._volume(txn, path, user), name, path)
+            if not protect and snap.children:
+                raise BusyError(f'{path}@{name} has clones: {self._paths(txn, snap.children)}')
+            if snap.protected != protect:
+                self._put_snapshot(txn, replace(snap, protected=protect))
+
+        self.meta.write(change)
+
+    def protect_snapshot(self, path: str, name: str, user: str | None = None) -> None:
+        """Allow clones of the snapshot and forbid deleting it (idempotent)."""
+        self._set_protection(path, name, user, True)
+
+    def unprotect_snapshot(self, path: str, name: str, user: str | None = None) -> None:
+        """Undo protect; refused while clones depend on the snapshot (idempotent)."""
+        self._set_protection(path, name, user, False)
+
+    def _paths(self, txn: lmdb.Transaction, node_ids: tuple[int, ...]) -> str:
+        names = []
+        for node_id in node_ids:
+            node = self.meta.get_node(txn, node_id)
+            names.append(f'node {node_id}' if node is None else self._path_in(txn, node))
+        return ', '.join(names)
+
+    def _path_in(self, txn: lmdb.Transaction, node: Node) -> str:
+        parts = []
+        while node.id != ROOT_ID:
+            parts.append(node.name)
+            node = self._node(txn, node.parent)
+        return '/' + '/'.join(reversed(parts))
+
+    def delete_snapshot(self, path: str, name: str, user: str | None = None,
+                        unprotect: bool = False) -> None:
+        """Delete a snapshot and free the chunks no other version reads. A protected snapshot
+        is refused unless `unprotect` (as Curve's REST server does), and with clones always."""
+        check_snapshot_name(name)
+
+        def delete(txn: lmdb.Transaction) -> list[int]:
+            node = self._volume(txn, path, user)
+            snap = self._snapshot_record(txn, node, name, path)
+            if snap.children:
+                raise BusyError(f'{path}@{name} has clones: {self._paths(txn, snap.children)}')
+            if snap.protected and not unprotect:
+                raise ProtectedError(f'{path}@{name} is protected; unprotect it first')
+            if self.opens.is_open(snap.id):
+                raise BusyError(f'{path}@{name} is open')
+            txn.delete(_snapshot_key(node.id, name), db=self.meta.db['snapshots'])
+            versions = [other.seq for other in self._snapshots_of(txn, node)] + [node.seq]
+            return self._collect_garbage(txn, node, versions)
+
+        with self.data.flush_lock:
+            freed = self.meta.write(delete)
+            self.data.discard_chunks(freed)
+        log.info('snapshot %s@%s deleted, %d chunks freed', path, name, len(freed))
+
+    def _collect_garbage(self, txn: lmdb.Transaction, node: Node, versions: list[int]) -> list[int]:
+        """Drop the entries no remaining version reads (every version at or above an entry has
+        newer entries covering its blocks); returns their chunk ids."""
+        full = self.data.full_bits
+        entries: dict[int, list[tuple[int, int, int]]] = {}
+        for idx, seq, chunk_id, bits in self.meta.volume_chunks(txn, node.id):
+            entries.setdefault(idx, []).append((seq, chunk_id, full if bits is None else bits))
+        freed = []
+        chunkmap = self.meta.db['chunkmap']
+        for idx, chain in entries.items():  # newest first
+            for position, (seq, chunk_id, bits) in enumerate(chain):
+                readers = [v for v in versions if v >= seq]
+                if any(bits & ~self._covering(chain[:position], v) for v in readers):
+                    continue
+                txn.delete(map_key(node.id, idx, seq), db=chunkmap)
+                if chunk_id:
+                    freed.append(chunk_id)
+        return freed
+
+    @staticmethod
+    def _covering(newer: list[tuple[int, int, int]], version: int) -> int:
+        covered = 0
+        for seq, _chunk_id, bits in newer:
+            if seq <= version:
+                covered |= bits
+        return covered
+
+    def rollback(self, path: str, name: str, user: str | None = None) -> Node:
+        """Make the volume's content the snapshot's again (its length too). Refused while the
+        volume is open or newer snapshots exist (delete those first, as `zfs rollback` without
+        -r asks)."""
+        check_snapshot_name(name)
+        node = self.stat(path, user)
+        if node.is_dir:
+            raise IsDirectoryError(f'{path} is a directory')
+
+        def rollback(txn: lmdb.Transaction) -> tuple[Node, list[int]]:
+            current = self._volume(txn, path, user)
+            snap = self._snapshot_record(txn, current, name, path)
+            newer = [other.name for other in self._snapshots_of(txn, current)
+                     if other.seq > snap.seq]
+            if newer:
+                raise HasSnapshotsError(f'{path} has snapshots newer than {name!r}: '
+                                        f'{", ".join(newer)}; delete them first')
+            self._ensure_can_change(current)
+            freed = []
+            for idx, seq, chunk_id, _bits in list(self.meta.volume_chunks(txn, current.id)):
+                if seq > snap.seq:
+                    txn.delete(map_key(current.id, idx, seq), db=self.meta.db['chunkmap'])
+                    freed.append(chunk_id)
+            current.length = snap.length
+            self._touch(txn, current, time.time_ns())
+            return current, [chunk_id for chunk_id in freed if chunk_id]
+
+        with self.data.flush_lock:
+            self.data.discard_chunks(self.data.forget_volume(node.id))
+            rolled, freed = self.meta.write(rollback)
+            self.data.discard_chunks(freed)
+        log.info('%s rolled back to %s', path, name)
+        return rolled
+
+    def open_snapshot(self, path: str, name: str, user: str | None = None) -> VolumeHandle:
+        """A read-only handle on the volume as of the snapshot."""
+        snap = self.get_snapshot(path, name, user)
+        return VolumeHandle(self, snap.vol_id, False, snap)
+
+    def snapshot_allocated_bytes(self, vol_id: int, seq: int) -> int:
+        """Disk used by the chunk files of the volume that the version `seq` reads."""
+        return self.data.allocated_bytes(vol_id, seq)
+
+    def children(self, path: str, name: str | None = None, user: str | None = None) -> list[str]:
+        """Paths of the clones made from one snapshot of the volume, or from any of them."""
+        if name is not None:
+            check_snapshot_name(name)
+        with self.meta.read() as txn:
+            node = self._volume(txn, path, user)
+            snaps = ([self._snapshot_record(txn, node, name, path)] if name is not None
+                     else self._snapshots_of(txn, node))
+            return [self._path_in(txn, self._node(txn, child))
+                    for snap in snaps for child in snap.children]
+
+    # -- clones -----------------------------------------------------------------------------
+
+    def clone(self, path: str, name: str, dest: str, user: str | None = None,
+              readonly: bool = False, owner: str | None = None,
+              posix: dict[str, int] | None = None) -> Node:
+        """A new volume at dest with the snapshot's content, at once: it reads its source for
+        every block it has not written (until `flatten`). The snapshot must be protected."""
+        check_snapshot_name(name)
+        owner = owner if owner is not None else (user or ROOT_USER)
+        check_user(owner)
+
+        def clone(txn: lmdb.Transaction) -> Node:
+            source = self._volume(txn, path, user)
+            snap = self._snapshot_record(txn, source, name, path)
+            if not snap.protected:
+                raise NotProtectedError(f'{path}@{name} is not protected; protect it to clone')
+            target = self._resolve(txn, dest, user)
+            if target.node is not None:
+                raise ExistsError(f'{dest} exists')
+            if target.parent.id == RECYCLE_ID:
+                raise NotSupportedError('nothing can be created inside /RecycleBin')
+            now = time.time_ns()
+            extra: dict[str, Any] = dict(posix or {})
+            extra['clone'] = {'vol': source.id, 'seq': snap.seq, 'length': snap.length,
+                              'snapshot': name, 'readonly': bool(readonly)}
+            node = Node(self.meta.next_id(txn, 'node'), KIND_VOLUME, STATUS_CREATED,
+                        target.parent.id, snap.length, 1, now, now, now, name=target.name,
+                        owner=owner, extra=extra)
+            self.meta.put_node(txn, node)
+            self.meta.link(txn, target.parent.id, target.name, node.id)
+            self._touch(txn, target.parent, now)
+            self._put_snapshot(txn, replace(snap, children=snap.children + (node.id,)))
+            return node
+
+        node = self.meta.write(clone)
+        log.info('cloned %s@%s to %s', path, name, dest)
+        return node
+
+    def clone_state(self, node_id: int) -> CloneState | None:
+        """How a clone stands (None: not a clone, or flattened)."""
+        with self.meta.read() as txn:
+            node = self._node(txn, node_id)
+            clone = node.extra.get('clone')
+            if clone is None:
+                return None
+            source = self.meta.get_node(txn, clone['vol'])
+            source_path = '?' if source is None else self._path_in(txn, source)
+        return CloneState(source_path, clone['snapshot'], clone['readonly'],
+                          'flatten' in clone, self._progress(clone))
+
+    def _progress(self, clone: dict[str, Any]) -> int:
+        total = -(-clone['length'] // self.chunk_size)
+        done = clone.get('flatten', {}).get('next', 0)
+        return 100 if total == 0 else min(100, done * 100 // total)
+
+    def flatten_progress(self, path: str, user: str | None = None) -> int:
+        """0-100; 100 for a volume that is not (or no longer) a clone."""
+        node = self.stat(path, user)
+        if node.is_dir:
+            raise IsDirectoryError(f'{path} is a directory')
+        clone = node.extra.get('clone')
+        return 100 if clone is None else self._progress(clone)
+
+    def flatten(self, path: str, user: str | None = None, wait: bool = False) -> None:
+        """Copy what the clone still reads from its source into its own chunks, in a background
+        thread of this process; with wait, until done. Progress is kept in the store after each
+        chunk, so a flatten interrupted by a crash resumes where it was (the next `flatten`
+        call, or a starting mount or REST server, takes it up). A volume that is not a clone is
+        already flat."""
+        node = self.stat(path, user)
+        if node.is_dir:
+            raise IsDirectoryError(f'{path} is a directory')
+        self._start_flatten(node.id)
+        if wait:
+            self._wait_for_flatten(node.id)
+
+    def _start_flatten(self, vol: int) -> None:
+        with self._flatten_lock:
+            running = self._flatteners.get(vol)
+            if running is not None and running[0].is_alive():
+                return
+
+            def claim(txn: lmdb.Transaction) -> bool:
+                node = self._node(txn, vol)
+                clone = node.extra.get('clone')
+                if clone is None:
+                    return False
+                progress = clone.get('flatten')
+                if progress is not None and process_alive(*progress['worker']) and \
+                        tuple(progress['worker']) != self.data.identity:
+                    return False  # another live process is at it
+                clone['flatten'] = {'next': progress['next'] if progress else 0,
+                                    'worker': list(self.data.identity)}
+                self.meta.put_node(txn, node)
+                return True
+
+            if not self.meta.write(claim):
+                return
+            stop = threading.Event()
+            thread = threading.Thread(target=self._flatten_worker, args=(vol, stop),
+                                      name=f'flatten-{vol}', daemon=True)
+            self._flatteners[vol] = (thread, stop)
+            thread.start()
+
+    def _wait_for_flatten(self, vol: int) -> None:
+        while True:
+            with self._flatten_lock:
+                running = self._flatteners.get(vol)
+            if running is not None and running[0].is_alive():
+                running[0].join(0.2)
+                continue
+            node = self.node(vol)
+            clone = node.extra.get('clone')
+            if clone is None:
+                return
+            if running is not None and 'flatten' in clone and \
+                    tuple(clone['flatten']['worker']) == self.data.identity:
+                raise StorageError(f'flattening volume {vol} stopped; see the log')
+            self._start_flatten(vol)
+            time.sleep(0.2)
+
+    def _flatten_worker(self, vol: int, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set() and self._flatten_step(vol):
+                pass
+        except Exception:
+            log.exception('flattening volume %d failed; a later flatten resumes it', vol)
+
+    def _flatten_step(self, vol: int) -> bool:
+        """Copy one chunk of the source into the clone's base (seq 0); False when done."""
+        with self.meta.read() as txn:
+            node = self.meta.get_node(txn, vol)
+            clone = None if node is None else node.extra.get('clone')
+            if clone is None or 'flatten' not in clone:
+                return False
+            idx = clone['flatten']['next']
+            own = next(self.meta.versions(txn, vol, idx, 1), None)
+        size = self.chunk_size
+        if idx * size >= clone['length']:
+            self.meta.write(lambda txn: self._finish_flatten(txn, vol))
+            log.info('volume %d flattened', vol)
+            return False
+        chunk_id = None
+        if own is None or own[2] is not None:  # unless the clone's oldest version hides it
+            source = self.data.resolve(clone['vol'], idx, clone['seq'])
+            chunk_id = self._copy_chunk(source, min(size, clone['length'] - idx * size))
+
+        def advance(txn: lmdb.Transaction) -> bool:
+            current = self.meta.get_node(txn, vol)
+            state = None if current is None else current.extra.get('clone', {}).get('flatten')
+            if state is None or state['next'] != idx:
+                return False
+            if chunk_id is not None:
+                txn.put(map_key(vol, idx, 0), U64.pack(chunk_id), db=self.meta.db['chunkmap'])
+            state['next'] = idx + 1
+            self.meta.put_node(txn, current)
+            return True
+
+        if not self.meta.write(advance) and chunk_id is not None:
+            self.data.discard_chunks([chunk_id])
+            return False
+        return True
+
+    def _copy_chunk(self, source: Resolution, length: int) -> int | None:
+        """A new chunk file holding `length` bytes of a chunk version (sparse where zero),
+        durable; None if all of it is zeros."""
+        if source is None:
+            return None
+        chunk_id, entry = self.data.new_chunk()
+        wrote = False
+        try:
+            for at in range(0, length, _COPY_PIECE):
+                data = self.data.read_resolved(source, at, min(_COPY_PIECE, length - at))
+                if data.count(0) != len(data):
+                    self.chunks.pwrite(entry, data, at)
+                    wrote = True
+        finally:
+            self.chunks.release(entry)
+        if not wrote:
+            self.chunks.remove(chunk_id)
+            return None
+        self.chunks.fsync(chunk_id)
+        self.chunks.fsync_dirs_of({chunk_id})
+        return chunk_id
+
+    def _finish_flatten(self, txn: lmdb.Transaction, vol: int) -> None:
+        node = self.meta.get_node(txn, vol)
+        if node is None or 'clone' not in node.extra:
+            return
+        clone = node.extra.pop('clone')
+        self.meta.put_node(txn, node)
+        self._forget_child(txn, clone, vol)
+
+    def _forget_child(self, txn: lmdb.Transaction, clone: dict[str, Any], vol: int) -> None:
+        source = self.meta.get_node(txn, clone['vol'])
+        if source is None:
+            return
+        raw = txn.get(_snapshot_key(source.id, clone['snapshot']), db=self.meta.db['snapshots'])
+        if raw is not None:
+            snap = SnapshotInfo.decode(source, clone['snapshot'], raw)
+            self._put_snapshot(txn, replace(snap, children=tuple(c for c in snap.children
+                                                                 if c != vol)))
+
+    def resume_flattens(self) -> int:
+        """Take up flattens whose process died (the mount and the REST server call this as
+        they start); how many."""
+        with self.meta.read() as txn:
+            waiting = []
+            for key, value in self.meta.iter_db(txn, 'nodes'):
+                node = Node.decode(U64.unpack(key)[0], value)
+                progress = node.extra.get('clone', {}).get('flatten')
+                if progress is not None and not process_alive(*progress['worker']):
+                    waiting.append(node.id)
+        for vol in waiting:
+            log.info('resuming the flatten of volume %d', vol)
+            self._start_flatten(vol)
+        return len(waiting)
+
+    def _stop_flatteners(self) -> None:
+        with self._flatten_lock:
+            running = list(self._flatteners.values())
+            self._flatteners.clear()
+        for _thread, stop in running:
+            stop.set()
+        for thread, _stop in running:
+            thread.join()
 
     # -- volumes ----------------------------------------------------------------------------
 
@@ -704,20 +1266,24 @@ class Engine:
             node = self._existing(txn, path, user)
         if node.is_dir:
             raise IsDirectoryError(f'{path} is a directory')
-        return VolumeHandle(self, node.id, writable)
+        return VolumeHandle(self, node.id, writable and not _read_only_clone(node))
 
     def allocated_bytes(self, path: str, user: str | None = None) -> int:
         return self.data.allocated_bytes(self.stat(path, user).id)
 
 
 class VolumeHandle:
-    """An open volume: byte-addressed IO with no alignment rule (the doors add theirs)."""
+    """An open volume, or an open snapshot of one (read-only, `snapshot` set): byte-addressed IO
+    with no alignment rule (the doors add theirs)."""
 
-    def __init__(self, engine: Engine, vol_id: int, writable: bool):
+    def __init__(self, engine: Engine, vol_id: int, writable: bool,
+                 snapshot: SnapshotInfo | None = None):
         self.engine = engine
         self.vol_id = vol_id
-        self.writable = writable
-        self._lock_fd: int | None = engine.opens.hold(vol_id)
+        self.writable = writable and snapshot is None
+        self.snapshot = snapshot
+        self._seq = None if snapshot is None else snapshot.seq
+        self._lock_fd: int | None = engine.opens.hold(vol_id if snapshot is None else snapshot.id)
 
     @property
     def closed(self) -> bool:
@@ -729,6 +1295,8 @@ class VolumeHandle:
 
     def length(self) -> int:
         self._check_open()
+        if self.snapshot is not None:
+            return self.snapshot.length
         return self.engine.node(self.vol_id).length
 
     def read(self, offset: int, length: int, clamp: bool = False, nowait: bool = False,
@@ -737,7 +1305,10 @@ class VolumeHandle:
         readahead: see `DataPath.read`."""
         self._check_open()
         _check_io_args(offset, length)
-        return self.engine.data.read(self.vol_id, offset, length, clamp, nowait, readahead)
+        if self._seq is None:
+            return self.engine.data.read(self.vol_id, offset, length, clamp, nowait, readahead)
+        return self.engine.data.read(self.vol_id, offset, length, clamp, nowait, readahead,
+                                     self._seq, self.snapshot.length)
 
     def write(self, offset: int, data: bytes | bytearray | memoryview, grow: bool = False,
               nowait: bool = False) -> int:
@@ -745,20 +1316,23 @@ class VolumeHandle:
         nowait: see `DataPath.write`."""
         self._check_open()
         if not self.writable:
-            raise ReadOnlyError('the volume was opened read-only')
+            raise ReadOnlyError('a snapshot is read-only' if self.snapshot is not None else
+                                'the volume was opened read-only or is a read-only clone')
         _check_io_args(offset, len(data))
         return self.engine.data.write(self.vol_id, offset, data, grow, nowait)
 
     def flush(self) -> None:
         """Durable and visible to other processes when this returns."""
         self._check_open()
-        self.engine.data.flush(self.vol_id)
+        if self.snapshot is None:
+            self.engine.data.flush(self.vol_id)
 
     def close(self) -> None:
         if self._lock_fd is None:
             return
         try:
-            self.engine.data.flush(self.vol_id)
+            if self.snapshot is None:
+                self.engine.data.flush(self.vol_id)
         finally:
             self.engine.opens.release(self._lock_fd)
             self._lock_fd = None

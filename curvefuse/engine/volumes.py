@@ -12,8 +12,24 @@ writer's flush or close (the same promise as NFS close-to-open). When two proces
 same chunk of one volume at once, the later flush wins for that chunk; Curve itself gives shared
 writers no consistency guarantee.
 
-Locks, always taken in this order: ``flush_lock`` (one flush or chunk release at a time), then
-``io_lock`` (short: decisions about which chunk a piece goes to, never held during IO or fsync).
+Snapshots and clones (see the chunk-map layout in meta.py). A volume writes at its sequence
+number; a snapshot freezes that number and bumps it. The first write to a chunk whose visible
+data belongs to an older sequence (or to a clone's source) does not copy the chunk: it starts a
+*partial* chunk at the current sequence and writes just the written blocks into it; only the
+4 KiB blocks that a write covers partly are first copied from below (copy-on-write at block
+granularity). The partial's block bitmap stays in memory (``_Partial.bits``) until the flush
+commits it with the data, like a new chunk's mapping.
+
+A snapshot taken in this process first flushes and stops the volume's writes for the commit
+(`DataPath.frozen`), so no write lands in a chunk the snapshot just froze. A snapshot taken by
+another process cannot stop this one's writes: a write in flight at that moment may or may not be
+in the snapshot (crash-consistent, as a disk is at power loss), and this process's unflushed
+blocks of a partial chunk the snapshot froze are copied to a new partial chunk at the next flush
+(``_migrate``), so the snapshot never changes after it was taken.
+
+Locks, always taken in this order: ``flush_lock`` (one flush or chunk release at a time),
+``cow_lock`` (one write at a time that starts or extends a partial chunk), then ``io_lock``
+(short: decisions about which chunk a piece goes to, never held during bulk IO or fsync).
 """
 
 from __future__ import annotations
@@ -24,6 +40,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -31,15 +48,47 @@ import lmdb
 
 from ..errors import IsDirectoryError, NotFoundError, OutOfRangeError
 from .chunks import CachedFd, ChunkGone, ChunkStore, WouldBlock
-from .meta import KIND_VOLUME, NODE_HEAD, U64, MetaStore, map_key
+from .meta import (KIND_VOLUME, NODE_HEAD, U64, MetaStore, Node, decode_map_value,
+                   encode_map_value, map_key)
 
 log = logging.getLogger(__name__)
 
+BLOCK_SIZE = 4096  # the copy-on-write unit
 _RESERVE_BATCH = 1024
 T = TypeVar('T')
 _LOOKUP_ATTEMPTS = 3  # a chunk freed under a read or write: look its mapping up again
 _CACHE_LIMIT = 2**20  # mappings kept per snapshot before starting afresh
 _RESERVED_KEY = struct.Struct('>QQQ')
+
+
+@dataclass(frozen=True)
+class Layers:
+    """A chunk version made of several chunk files: the partial entries that provide blocks,
+    newest first, each with just the blocks it is the first to provide, and what every other
+    block reads from (`base`: a chunk id, or None for zeros)."""
+
+    partials: tuple[tuple[int, int], ...]
+    base: int | None
+
+
+#: What a chunk index of a volume version reads from: nothing (zeros), one chunk file, or layers.
+Resolution = int | None | Layers
+
+
+@dataclass(frozen=True)
+class CloneSource:
+    """Where a clone's unwritten blocks come from: a volume as of a sequence, up to a length."""
+
+    vol: int
+    seq: int
+    length: int
+
+
+def clone_source(node: Node) -> CloneSource | None:
+    clone = node.extra.get('clone')
+    if clone is None:
+        return None
+    return CloneSource(clone['vol'], clone['seq'], clone['length'])
 
 
 @dataclass
@@ -53,7 +102,20 @@ class _SnapshotCache:
 
     txn_id: int
     heads: dict[int, tuple[int, int]] = field(default_factory=dict)
-    chunks: dict[tuple[int, int, int], int | None] = field(default_factory=dict)
+    sources: dict[int, CloneSource | None] = field(default_factory=dict)
+    exact: dict[tuple[int, int, int], tuple[int, int | None] | None] = field(default_factory=dict)
+    chunks: dict[tuple[int, int, int], Resolution] = field(default_factory=dict)
+
+
+@dataclass
+class _Partial:
+    """A partial chunk this process writes at sequence `seq`: `bits` are the blocks written since
+    the last flush; `created` says the chunk file is this process's and not yet committed."""
+
+    chunk_id: int
+    seq: int
+    created: bool
+    bits: int = 0
 
 
 @dataclass
@@ -61,13 +123,24 @@ class _Unflushed:
     """What this process wrote to one volume since its last flush."""
 
     new: dict[int, int] = field(default_factory=dict)  # chunk index -> uncommitted chunk id
+    partial: dict[int, _Partial] = field(default_factory=dict)  # chunk index -> partial chunk
     written: set[int] = field(default_factory=set)  # chunk ids that need an fsync
     mtime_ns: int = 0
     length: int = 0  # grown by writes past the end (the mount's), not yet committed
 
     @property
     def dirty(self) -> bool:
-        return bool(self.new or self.written or self.length)
+        return bool(self.new or self.written or self.length or
+                    any(p.bits for p in self.partial.values()))
+
+
+class _NeedsCow(Exception):
+    """A piece of a write starts or extends a partial chunk: redo the write under cow_lock."""
+
+
+class _SequenceMoved(Exception):
+    """Another process snapshotted the volume under this process's unflushed partial chunk:
+    flush (which moves those blocks to the new sequence), then redo the write."""
 
 
 def proc_stat(pid: int) -> list[bytes] | None:
@@ -80,7 +153,7 @@ def proc_stat(pid: int) -> list[bytes] | None:
         return None
 
 
-def _process_identity() -> tuple[int, int]:
+def process_identity() -> tuple[int, int]:
     """(pid, start time in clock ticks): a pid alone may be reused after a crash."""
     pid = os.getpid()
     return pid, int(proc_stat(pid)[19])
@@ -99,16 +172,41 @@ def decode_reserved_key(key: bytes) -> tuple[int, int, int]:
     return _RESERVED_KEY.unpack(key)
 
 
+def block_mask(in_chunk: int, length: int) -> int:
+    """The bits of the blocks that [in_chunk, in_chunk + length) touches."""
+    first, last = in_chunk // BLOCK_SIZE, (in_chunk + length - 1) // BLOCK_SIZE
+    return ((1 << (last - first + 1)) - 1) << first
+
+
+def block_runs(bits: int) -> Iterator[tuple[int, int]]:
+    """(first block, count) of each run of set bits."""
+    block = 0
+    while bits:
+        skip = (bits & -bits).bit_length() - 1
+        bits >>= skip
+        block += skip
+        count = (~bits & (bits + 1)).bit_length() - 1
+        yield block, count
+        bits >>= count
+        block += count
+
+
 class DataPath:
     def __init__(self, meta: MetaStore, chunks: ChunkStore, chunk_size: int):
         self.meta = meta
         self.chunks = chunks
         self.chunk_size = chunk_size
+        self.full_bits = (1 << (chunk_size // BLOCK_SIZE)) - 1
+        self.bitmap_bytes = chunk_size // BLOCK_SIZE // 8
         self._zeros = memoryview(bytes(chunk_size))
         self.io_lock = threading.Lock()
+        self.cow_lock = threading.Lock()
         self.flush_lock = threading.RLock()
+        self._gate = threading.Condition(self.io_lock)
+        self._inflight: dict[int, int] = {}  # volume -> writes between decision and bits set
+        self._frozen: dict[int, tuple[int, int]] = {}  # volume -> (freezing thread, depth)
         self._unflushed: dict[int, _Unflushed] = {}
-        self._identity = _process_identity()
+        self.identity = process_identity()
         self._free_ids: Iterator[int] = iter(())
         self._cache = _SnapshotCache(-1)
 
@@ -144,36 +242,89 @@ class DataPath:
             head = cache.heads[vol] = (length, seq)
         return head
 
+    def _source(self, txn: lmdb.Transaction, cache: '_SnapshotCache',
+                vol: int) -> CloneSource | None:
+        try:
+            return cache.sources[vol]
+        except KeyError:
+            node = self.meta.get_node(txn, vol)
+            source = cache.sources[vol] = None if node is None else clone_source(node)
+            return source
+
+    def _exact(self, txn: lmdb.Transaction, cache: '_SnapshotCache', vol: int, idx: int,
+               seq: int) -> tuple[int, int | None] | None:
+        """The entry of chunk idx at exactly seq: (chunk id, bits or None), or None."""
+        key = (vol, idx, seq)
+        try:
+            return cache.exact[key]
+        except KeyError:
+            raw = txn.get(map_key(vol, idx, seq), db=self.meta.db['chunkmap'])
+            found = cache.exact[key] = None if raw is None else decode_map_value(raw)
+            return found
+
     def _mapped(self, txn: lmdb.Transaction, cache: '_SnapshotCache', vol: int, idx: int,
-                seq: int) -> int | None:
-        """The committed chunk holding index idx of the volume as of seq."""
+                seq: int) -> Resolution:
+        """What index idx of the volume as of seq reads from (committed state only)."""
         key = (vol, idx, seq)
         try:
             return cache.chunks[key]
         except KeyError:
             pass
-        exact = txn.get(map_key(vol, idx, seq), db=self.meta.db['chunkmap'])
-        if exact is not None:
-            chunk_id = U64.unpack(exact)[0]
-        elif seq == 1:  # nothing older can exist
-            chunk_id = None
+        exact = self._exact(txn, cache, vol, idx, seq)
+        if exact is not None and exact[1] is None:
+            found: Resolution = exact[0] or None
         else:
-            found = self.meta.chunk_at(txn, vol, idx, seq)
-            chunk_id = None if found is None else found[0]
-        cache.chunks[key] = chunk_id
-        return chunk_id
+            found = self._walk(txn, cache, vol, idx, seq)
+        cache.chunks[key] = found
+        return found
+
+    def _walk(self, txn: lmdb.Transaction, cache: '_SnapshotCache', vol: int, idx: int,
+              seq: int) -> Resolution:
+        """Go down the versions of a chunk, then into the clone source, until every block has
+        a provider."""
+        partials: list[tuple[int, int]] = []
+        covered = 0
+        base = None
+        while True:
+            for _seq, chunk_id, bits in self.meta.versions(txn, vol, idx, seq):
+                if bits is None:
+                    base = chunk_id or None
+                    break
+                fresh = bits & ~covered
+                if fresh:
+                    partials.append((chunk_id, fresh))
+                    covered |= fresh
+                    if covered == self.full_bits:
+                        break
+            else:
+                source = self._source(txn, cache, vol)
+                if source is not None and idx * self.chunk_size < source.length:
+                    vol, seq = source.vol, source.seq
+                    continue
+            break
+        if not partials:
+            return base
+        return Layers(tuple(partials), base)
+
+    def resolve(self, vol: int, idx: int, seq: int) -> Resolution:
+        """What index idx of the volume as of seq reads from, committed state (for flatten)."""
+        with self.meta.read() as txn:
+            return self._mapped(txn, self._snapshot(txn), vol, idx, seq)
 
     # -- IO -------------------------------------------------------------------------------
 
     def read(self, vol: int, offset: int, length: int, clamp: bool = False,
-             nowait: bool = False, readahead: int = 0) -> bytes:
+             nowait: bool = False, readahead: int = 0, seq: int | None = None,
+             seq_length: int = 0) -> bytes:
         """length bytes at offset; with clamp, fewer at the end of the volume instead of an
         OutOfRangeError. With nowait, WouldBlock unless the data is in the page cache, and then
-        `readahead` bytes past the end (within the last chunk) start coming in too."""
+        `readahead` bytes past the end (within the last chunk) start coming in too. With seq,
+        the volume as of that sequence (a snapshot, `seq_length` bytes long)."""
         try:
-            return self._read(vol, offset, length, clamp, nowait, readahead)
+            return self._read(vol, offset, length, clamp, nowait, readahead, seq, seq_length)
         except ChunkGone:
-            return self._look_again(self._read, vol, offset, length, clamp, nowait, readahead)
+            return self._look_again(self._read, vol, offset, length, clamp, nowait, readahead,
+                                    seq, seq_length)
 
     @staticmethod
     def _look_again(io: Callable[..., T], *args: Any) -> T:
@@ -187,51 +338,119 @@ class DataPath:
                 pass
         return io(*args)
 
-    def _read(self, vol: int, offset: int, length: int, clamp: bool, nowait: bool,
-              readahead: int) -> bytes:
-        size = self.chunk_size
-        first, last = offset // size, (offset + length - 1) // size
+    def _pending(self, vol: int, first: int, last: int) -> dict[int, Resolution]:
+        """This process's unflushed chunks of [first, last], read before the transaction
+        begins: a chunk that left `pending` did so after its mapping was committed, so the
+        transaction sees it."""
         unflushed = self._unflushed.get(vol)
-        # Read `pending` before the transaction begins: a chunk that left `pending` did so after
-        # its mapping was committed, so the transaction sees it.
-        pending = {}
-        if unflushed and unflushed.new:
+        pending: dict[int, Resolution] = {}
+        if unflushed is None:
+            return pending
+        if unflushed.new:
             for idx in range(first, last + 1):
                 chunk_id = unflushed.new.get(idx)
                 if chunk_id is not None:
                     pending[idx] = chunk_id
+        if unflushed.partial:
+            for idx in range(first, last + 1):
+                partial = unflushed.partial.get(idx)
+                if partial is not None and partial.bits and idx not in pending:
+                    pending[idx] = Layers(((partial.chunk_id, partial.bits),), None)
+        return pending
+
+    def _read(self, vol: int, offset: int, length: int, clamp: bool, nowait: bool,
+              readahead: int, seq: int | None, seq_length: int) -> bytes:
+        size = self.chunk_size
+        first, last = offset // size, (offset + length - 1) // size
+        live = seq is None
+        unflushed = self._unflushed.get(vol) if live else None
+        pending = self._pending(vol, first, last) if unflushed else {}
         txn = self.meta.begin_read()
         try:
             cache = self._snapshot(txn)
-            vol_length, seq = self._head(txn, cache, vol)
-            if unflushed and unflushed.length > vol_length:
-                vol_length = unflushed.length
+            vol_length, live_seq = self._head(txn, cache, vol)
+            if live:
+                seq = live_seq
+                if unflushed and unflushed.length > vol_length:
+                    vol_length = unflushed.length
+            else:
+                vol_length = seq_length
             if offset + length > vol_length:
                 if not clamp:
                     raise OutOfRangeError(f'read [{offset}, {offset + length}) past the end '
                                           f'({vol_length})')
                 length = max(0, vol_length - offset)
                 last = (offset + length - 1) // size
-            if first == last:  # the common case: one chunk
-                chunk_id = pending.get(first) or self._mapped(txn, cache, vol, first, seq)
+            if first == last and not pending:  # the common case: one chunk
+                source = self._mapped(txn, cache, vol, first, seq)
                 sources = None
             else:
-                sources = [(pending.get(idx) or self._mapped(txn, cache, vol, idx, seq),
+                sources = [(self._with_pending(pending.get(idx),
+                                               lambda idx=idx: self._mapped(txn, cache, vol,
+                                                                            idx, seq)),
                             in_chunk, n)
                            for idx, in_chunk, _at, n in self._pieces(offset, length)]
         finally:
             txn.abort()
         if sources is None:  # one chunk: the hot path, kept free of lists
-            if chunk_id is None:
-                return bytes(length)
             in_chunk = offset - first * size
-            return self.chunks.pread(chunk_id, length, in_chunk, nowait,
-                                     min(readahead, size - in_chunk - length))
+            if type(source) is int:
+                return self.chunks.pread(source, length, in_chunk, nowait,
+                                         min(readahead, size - in_chunk - length))
+            return self.read_resolved(source, in_chunk, length, nowait)
         ahead = [0] * (len(sources) - 1) + [readahead]
-        return b''.join(bytes(n) if chunk_id is None else
-                        self.chunks.pread(chunk_id, n, in_chunk, nowait,
+        return b''.join(self.chunks.pread(source, n, in_chunk, nowait,
                                           min(extra, size - in_chunk - n))
-                        for (chunk_id, in_chunk, n), extra in zip(sources, ahead))
+                        if type(source) is int else
+                        self.read_resolved(source, in_chunk, n, nowait)
+                        for (source, in_chunk, n), extra in zip(sources, ahead))
+
+    @staticmethod
+    def _with_pending(pending: Resolution, committed: Callable[[], Resolution]) -> Resolution:
+        """Unflushed state over the committed: a new chunk hides it, a partial lies on top."""
+        if pending is None:
+            return committed()
+        if type(pending) is int:
+            return pending
+        below = committed()
+        if below is None or type(below) is int:
+            return Layers(pending.partials, below)
+        mine = pending.partials[0]
+        rest = tuple((chunk_id, bits & ~mine[1]) for chunk_id, bits in below.partials
+                     if bits & ~mine[1])
+        return Layers((mine,) + rest, below.base)
+
+    def read_resolved(self, source: Resolution, in_chunk: int, length: int,
+                      nowait: bool = False) -> bytes:
+        """Bytes [in_chunk, +length) of a chunk version."""
+        if source is None:
+            return bytes(length)
+        if type(source) is int:
+            return self.chunks.pread(source, length, in_chunk, nowait)
+        return b''.join(bytes(n) if chunk_id is None else
+                        self.chunks.pread(chunk_id, n, at, nowait)
+                        for chunk_id, at, n in self._runs(source, in_chunk, length))
+
+    @staticmethod
+    def _runs(layers: Layers, in_chunk: int,
+              length: int) -> list[tuple[int | None, int, int]]:
+        """(chunk id or None, offset, size): which file each stretch of the range reads."""
+        runs: list[tuple[int | None, int, int]] = []
+        pos, end = in_chunk, in_chunk + length
+        block = pos // BLOCK_SIZE
+        while pos < end:
+            chunk_id = layers.base
+            for candidate, bits in layers.partials:
+                if bits >> block & 1:
+                    chunk_id = candidate
+                    break
+            stop = min((block + 1) * BLOCK_SIZE, end)
+            if runs and runs[-1][0] == chunk_id:
+                runs[-1] = (chunk_id, runs[-1][1], stop - runs[-1][1])
+            else:
+                runs.append((chunk_id, pos, stop - pos))
+            pos, block = stop, block + 1
+        return runs
 
     def write(self, vol: int, offset: int, data: bytes | memoryview, grow: bool = False,
               nowait: bool = False) -> int:
@@ -239,23 +458,44 @@ class DataPath:
         grows (committed with the data at the next flush).
 
         With nowait, WouldBlock (before anything changed) if the write must allocate or free a
-        chunk, which writes metadata. A page-cache write itself is not proven non-blocking
-        (Linux refuses RWF_NOWAIT for buffered writes on ext4): the kernel may throttle a writer
-        that dirties memory faster than the disk drains it.
+        chunk, or copy blocks, which writes metadata or reads. A page-cache write itself is not
+        proven non-blocking (Linux refuses RWF_NOWAIT for buffered writes on ext4): the kernel
+        may throttle a writer that dirties memory faster than the disk drains it.
         """
         try:
-            return self._write(vol, offset, data, grow, nowait)
-        except ChunkGone:
-            return self._look_again(self._write, vol, offset, data, grow, nowait)
+            return self._write(vol, offset, data, grow, nowait, False)
+        except (ChunkGone, _NeedsCow, _SequenceMoved):
+            return self._write_slowly(vol, offset, data, grow, nowait)
+
+    def _write_slowly(self, vol: int, offset: int, data: bytes | memoryview, grow: bool,
+                      nowait: bool) -> int:
+        """A write that starts or extends a partial chunk, or met a freed chunk or a snapshot
+        taken elsewhere: under cow_lock, after a flush if the volume moved on. Only these
+        come here, so the hot path pays no extra call."""
+        for attempt in range(_LOOKUP_ATTEMPTS):
+            try:
+                with self.cow_lock:
+                    return self._write(vol, offset, data, grow, nowait, True)
+            except ChunkGone:
+                if attempt == _LOOKUP_ATTEMPTS - 1:
+                    raise
+            except _SequenceMoved:
+                self.flush(vol)
+        return self._look_again(self._write, vol, offset, data, grow, nowait, True)
 
     def _write(self, vol: int, offset: int, data: bytes | memoryview, grow: bool,
-               nowait: bool) -> int:
+               nowait: bool, cow: bool) -> int:
         view = memoryview(data).cast('B')
         length = len(view)
-        targets: list[tuple[CachedFd, int, int, int, int]] = []
-        releases: list[tuple[int, int]] = []
+        targets: list[tuple[CachedFd, int, int, int, int, _Partial | None]] = []
+        releases: list[int] = []
+        admitted = False
         try:
             with self.io_lock:
+                frozen = self._frozen.get(vol)
+                while frozen is not None and frozen[0] != threading.get_ident():
+                    self._gate.wait()
+                    frozen = self._frozen.get(vol)
                 with self.meta.read() as txn:
                     cache = self._snapshot(txn)
                     vol_length, seq = self._head(txn, cache, vol)
@@ -266,44 +506,133 @@ class DataPath:
                         raise OutOfRangeError(f'write [{offset}, {end}) past the end '
                                               f'({max(vol_length, unflushed.length)})')
                     for idx, in_chunk, at, n in self._pieces(offset, length):
-                        chunk_id = (unflushed.new.get(idx) or
-                                    self._mapped(txn, cache, vol, idx, seq))
                         piece = view[at:at + n]
-                        whole = n == self.chunk_size
-                        if nowait and (chunk_id is None or whole):
-                            raise WouldBlock()
-                        if (chunk_id is None or whole) and piece == self._zeros[:n]:
-                            # Zeros where nothing is allocated need no chunk; a whole chunk of
-                            # zeros gives its chunk back (the only discard FUSE lets us see).
-                            if chunk_id is not None:
-                                releases.append((idx, chunk_id))
+                        target = self._place(txn, cache, vol, seq, unflushed, idx, in_chunk, n,
+                                             piece, nowait, cow)
+                        if target is None:
                             continue
-                        if chunk_id is None:
-                            chunk_id = self._new_chunk_id()
-                            # The mapping is remembered only once the file exists: a failed
-                            # create (no space, no inodes, no fds) leaves nothing to commit.
-                            entry = self.chunks.acquire(chunk_id, create=True)
-                            unflushed.new[idx] = chunk_id
-                        else:
-                            entry = self.chunks.acquire(chunk_id)
-                        targets.append((entry, chunk_id, in_chunk, at, n))
+                        if target == 'release':
+                            releases.append(idx)
+                            continue
+                        targets.append((*target, at))
                     if grows:
                         unflushed.length = end
                     unflushed.mtime_ns = time.time_ns()
-            for entry, _chunk_id, in_chunk, at, n in targets:
+                self._inflight[vol] = self._inflight.get(vol, 0) + 1
+                admitted = True
+            for entry, _chunk_id, in_chunk, n, _partial, at in targets:
                 self.chunks.pwrite(entry, view[at:at + n], in_chunk)
         finally:
             for entry, *_ in targets:
                 self.chunks.release(entry)
-        if targets:
-            # Marked for fsync only now that the data is in: a flush that ran during the pwrite
-            # must not have been the one to take these chunks off the list.
-            with self.io_lock:
-                self._unflushed.setdefault(vol, _Unflushed()).written.update(
-                    chunk_id for _e, chunk_id, *_ in targets)
+            if admitted:
+                with self.io_lock:
+                    # Marked for fsync only now that the data is in: a flush that ran during
+                    # the pwrite must not have been the one to take these chunks off the list.
+                    if targets:
+                        self._unflushed.setdefault(vol, _Unflushed()).written.update(
+                            chunk_id for _e, chunk_id, *_ in targets)
+                    for _entry, _chunk_id, in_chunk, n, partial, _at in targets:
+                        if partial is not None:
+                            partial.bits |= block_mask(in_chunk, n)
+                    self._inflight[vol] -= 1
+                    if not self._inflight[vol]:
+                        del self._inflight[vol]
+                        self._gate.notify_all()
         if releases:
             self._release_chunks(vol, releases)
         return length
+
+    def _place(self, txn: lmdb.Transaction, cache: '_SnapshotCache', vol: int, seq: int,
+               unflushed: _Unflushed, idx: int, in_chunk: int, n: int, piece: memoryview,
+               nowait: bool, cow: bool) -> tuple[CachedFd, int, int, int, _Partial | None] | str | None:
+        """Where one piece of a write goes: (pinned chunk, chunk id, offset, size, the partial
+        whose bits it sets), 'release' (a whole chunk of zeros), or None (nothing to write)."""
+        chunk_id = unflushed.new.get(idx)
+        if chunk_id is not None:
+            return self._in_place(chunk_id, in_chunk, n, piece, nowait)
+        exact = self._exact(txn, cache, vol, idx, seq)
+        if exact is not None and exact[1] is None and exact[0]:  # a full chunk of this version
+            return self._in_place(exact[0], in_chunk, n, piece, nowait)
+        if exact is not None and exact[1] is not None:
+            partial = unflushed.partial.get(idx)
+            have = exact[1] | (partial.bits if partial is not None and partial.seq == seq else 0)
+            if block_mask(in_chunk, n) & ~have == 0:
+                # Blocks this version's partial chunk already holds: in place, the hot path.
+                return self.chunks.acquire(exact[0]), exact[0], in_chunk, n, None
+        if nowait:
+            raise WouldBlock()  # a new chunk, or copy-on-write
+        partial = unflushed.partial.get(idx)
+        if partial is not None and partial.seq != seq:
+            raise _SequenceMoved()
+        below = self._mapped(txn, cache, vol, idx, seq)
+        nothing_below = partial is None and below is None
+        if n == self.chunk_size or nothing_below:
+            # Nothing older shows through, or all of it is overwritten: a chunk of its own.
+            if piece == self._zeros[:n]:
+                return None if nothing_below else 'release'
+            if partial is not None:
+                self._drop_partial(unflushed, idx)
+            chunk_id = self._new_chunk_id()
+            # The mapping is remembered only once the file exists: a failed create (no space,
+            # no inodes, no fds) leaves nothing to commit.
+            entry = self.chunks.acquire(chunk_id, create=True)
+            unflushed.new[idx] = chunk_id
+            return entry, chunk_id, in_chunk, n, None
+        committed = exact[1] if exact is not None and exact[1] is not None else 0
+        have = committed | (partial.bits if partial is not None else 0)
+        wanted = block_mask(in_chunk, n)
+        if wanted & ~have == 0:  # every block already belongs to this version's partial chunk
+            chunk_id = partial.chunk_id if partial is not None else exact[0]
+            return self.chunks.acquire(chunk_id), chunk_id, in_chunk, n, None
+        if not cow:
+            raise _NeedsCow()
+        if partial is None:
+            if committed:
+                partial = _Partial(exact[0], seq, created=False)
+                entry = self.chunks.acquire(partial.chunk_id)
+            else:
+                partial = _Partial(self._new_chunk_id(), seq, created=True)
+                entry = self.chunks.acquire(partial.chunk_id, create=True)
+            unflushed.partial[idx] = partial
+        else:
+            entry = self.chunks.acquire(partial.chunk_id)
+        try:
+            self._copy_edges(entry, below, in_chunk, n, wanted & ~have)
+        except BaseException:
+            self.chunks.release(entry)
+            raise
+        return entry, partial.chunk_id, in_chunk, n, partial
+
+    def _in_place(self, chunk_id: int, in_chunk: int, n: int, piece: memoryview,
+                  nowait: bool) -> tuple[CachedFd, int, int, int, None] | str:
+        if n == self.chunk_size:
+            if nowait:
+                raise WouldBlock()
+            if piece == self._zeros[:n]:
+                # A whole chunk of zeros gives its chunk back (the only discard FUSE lets us see).
+                return 'release'
+        return self.chunks.acquire(chunk_id), chunk_id, in_chunk, n, None
+
+    def _copy_edges(self, entry: CachedFd, below: Resolution, in_chunk: int, n: int,
+                    missing: int) -> None:
+        """Before a write covers part of a block new to the partial chunk, the rest of that
+        block comes from below (the first and last block are the only ones a write can cover
+        partly)."""
+        for start in {in_chunk // BLOCK_SIZE, (in_chunk + n - 1) // BLOCK_SIZE}:
+            at = start * BLOCK_SIZE
+            if not missing >> start & 1 or (at >= in_chunk and at + BLOCK_SIZE <= in_chunk + n):
+                continue
+            if below is not None:
+                self.chunks.pwrite(entry, self.read_resolved(below, at, BLOCK_SIZE), at)
+
+    def _drop_partial(self, unflushed: _Unflushed, idx: int) -> None:
+        """A whole-chunk write replaces a partial chunk: an uncommitted one's file goes now, a
+        committed one's when the replacement is committed."""
+        partial = unflushed.partial.pop(idx)
+        if partial.created:
+            unflushed.written.discard(partial.chunk_id)
+            self.chunks.remove(partial.chunk_id)
 
     def _new_chunk_id(self) -> int:
         chunk_id = next(self._free_ids, None)
@@ -313,92 +642,209 @@ class DataPath:
             chunk_id = next(self._free_ids)
         return chunk_id
 
+    def new_chunk(self) -> tuple[int, CachedFd]:
+        """A fresh chunk file from this process's reserved ids, pinned (flatten's copies)."""
+        with self.io_lock:
+            chunk_id = self._new_chunk_id()
+        return chunk_id, self.chunks.acquire(chunk_id, create=True)
+
     def _reserve_ids(self, txn: lmdb.Transaction) -> int:
         first = self.meta.next_id(txn, 'chunk', _RESERVE_BATCH)
-        txn.put(reserved_key(*self._identity, first), U64.pack(first + _RESERVE_BATCH),
+        txn.put(reserved_key(*self.identity, first), U64.pack(first + _RESERVE_BATCH),
                 db=self.meta.db['reserved'])
         return first
 
-    def _release_chunks(self, vol: int, releases: list[tuple[int, int]]) -> None:
-        """Unmap chunks that now hold only zeros, then delete their files."""
+    def older_versions_show(self, txn: lmdb.Transaction, node: Node, idx: int) -> bool:
+        """Whether a version below the live one, or the clone source, has chunk idx."""
+        for seq, _chunk_id, _bits in self.meta.versions(txn, node.id, idx, node.seq - 1):
+            return True
+        source = clone_source(node)
+        return source is not None and idx * self.chunk_size < source.length
+
+    def _release_chunks(self, vol: int, releases: list[int]) -> None:
+        """Chunks that now hold only zeros: their live entry goes (or becomes a tombstone where
+        an older version or the clone source would show through), then their files."""
         with self.flush_lock:
             with self.io_lock:
                 unflushed = self._unflushed.setdefault(vol, _Unflushed())
-                committed = []
-                for idx, chunk_id in releases:
-                    if unflushed.new.get(idx) == chunk_id:
-                        del unflushed.new[idx]
+                for idx in releases:
+                    chunk_id = unflushed.new.pop(idx, None)
+                    if chunk_id is not None:
                         unflushed.written.discard(chunk_id)
                         self.chunks.remove(chunk_id)
-                    else:
-                        committed.append((idx, chunk_id))
+                    if idx in unflushed.partial:
+                        self._drop_partial(unflushed, idx)
 
             def unmap(txn: lmdb.Transaction) -> list[int]:
-                # A private cache: a write transaction's id is not a committed snapshot's.
-                seq = self._head(txn, _SnapshotCache(-1), vol)[1]
+                node = self.meta.get_node(txn, vol)
+                if node is None:
+                    return []
                 gone = []
-                for idx, chunk_id in committed:
-                    key = map_key(vol, idx, seq)
-                    if txn.get(key, db=self.meta.db['chunkmap']) == U64.pack(chunk_id):
+                for idx in releases:
+                    key = map_key(vol, idx, node.seq)
+                    raw = txn.get(key, db=self.meta.db['chunkmap'])
+                    if raw is not None:
+                        gone.append(decode_map_value(raw)[0])
+                    if self.older_versions_show(txn, node, idx):
+                        txn.put(key, U64.pack(0), db=self.meta.db['chunkmap'])
+                    elif raw is not None:
                         txn.delete(key, db=self.meta.db['chunkmap'])
-                        gone.append(chunk_id)
-                return gone
+                return [chunk_id for chunk_id in gone if chunk_id]
 
-            self.discard_chunks(self.meta.write(unmap) if committed else [])
+            self.discard_chunks(self.meta.write(unmap))
 
     # -- durability -----------------------------------------------------------------------
+
+    @contextmanager
+    def frozen(self, vol: int) -> Iterator[None]:
+        """No write of this process to vol is in flight or starts until the block ends (the
+        calling thread may still write)."""
+        me = threading.get_ident()
+        with self.io_lock:
+            while vol in self._frozen and self._frozen[vol][0] != me:
+                self._gate.wait()
+            depth = self._frozen.get(vol, (me, 0))[1]
+            self._frozen[vol] = (me, depth + 1)
+            while self._inflight.get(vol):
+                self._gate.wait()
+        try:
+            yield
+        finally:
+            with self.io_lock:
+                if depth:
+                    self._frozen[vol] = (me, depth)
+                else:
+                    del self._frozen[vol]
+                self._gate.notify_all()
 
     def flush(self, vol: int) -> None:
         """Make everything this process wrote to vol durable and visible to other processes."""
         with self.flush_lock:
+            for _attempt in range(_LOOKUP_ATTEMPTS):
+                if self._flush_once(vol):
+                    return
+            log.error('volume %d kept being snapshotted during a flush', vol)
+
+    def _flush_once(self, vol: int) -> bool:
+        """One flush attempt; False if a snapshot moved the volume on meanwhile (retry)."""
+        with self.io_lock:
+            unflushed = self._unflushed.get(vol)
+            if unflushed is None or not unflushed.dirty:
+                return True
+        with self.meta.read() as txn:
+            node = self.meta.get_node(txn, vol)
+        if node is not None and any(not p.created and p.seq != node.seq
+                                    for p in list(unflushed.partial.values())):
+            self._migrate(vol, node.seq)
+        with self.io_lock:
+            new = dict(unflushed.new)
+            partials = {idx: (p, p.bits) for idx, p in unflushed.partial.items()}
+            written, unflushed.written = unflushed.written, set()
+            mtime_ns, grown_to = unflushed.mtime_ns, unflushed.length
+        created = set(new.values()) | {p.chunk_id for p, bits in partials.values()
+                                       if p.created and bits}
+        try:
+            self.chunks.fsync_all(written)
+            if created:
+                self.chunks.fsync_dirs_of(created)
+        except Exception:
+            with self.io_lock:
+                unflushed.written |= written
+            raise
+
+        def commit(txn: lmdb.Transaction) -> list[int] | None:
+            node = self.meta.get_node(txn, vol)
+            if node is None:
+                return list(created)
+            if any(not p.created and p.seq != node.seq for p, _bits in partials.values()):
+                return None  # snapshotted since the migration: go round again
+            chunkmap = self.meta.db['chunkmap']
+            stale = []
+            node.length = max(node.length, grown_to)
+            for idx, chunk_id in new.items():
+                if idx * self.chunk_size >= node.length:
+                    stale.append(chunk_id)
+                    continue
+                key = map_key(vol, idx, node.seq)
+                old = txn.get(key, db=chunkmap)
+                if old is not None:
+                    stale.append(self._replaced(vol, idx, decode_map_value(old)))
+                txn.put(key, U64.pack(chunk_id), db=chunkmap)
+            for idx, (partial, bits) in partials.items():
+                if idx in new or not bits:
+                    continue  # a created partial with no block yet waits for its first
+                if idx * self.chunk_size >= node.length:
+                    stale.append(partial.chunk_id)
+                    continue
+                key = map_key(vol, idx, node.seq)
+                old = txn.get(key, db=chunkmap)
+                if old is not None:
+                    old_id, old_bits = decode_map_value(old)
+                    if old_id == partial.chunk_id and old_bits is not None:
+                        bits |= old_bits
+                    else:
+                        stale.append(self._replaced(vol, idx, (old_id, old_bits)))
+                txn.put(key, encode_map_value(partial.chunk_id,
+                                              None if bits == self.full_bits else bits,
+                                              self.bitmap_bytes), db=chunkmap)
+            if mtime_ns:
+                node.mtime_ns = node.ctime_ns = max(node.mtime_ns, mtime_ns)
+            self.meta.put_node(txn, node)
+            return [chunk_id for chunk_id in stale if chunk_id]
+
+        stale = self.meta.write(commit)
+        with self.io_lock:
+            if stale is None:
+                unflushed.written |= written
+                return False
+            for idx, chunk_id in new.items():
+                if unflushed.new.get(idx) == chunk_id:
+                    del unflushed.new[idx]
+            for idx, (partial, bits) in partials.items():
+                if not bits:
+                    continue
+                partial.bits &= ~bits
+                partial.created = False
+                if not partial.bits and unflushed.partial.get(idx) is partial:
+                    del unflushed.partial[idx]
+            if unflushed.length == grown_to:
+                unflushed.length = 0
+            if not unflushed.dirty:
+                self._unflushed.pop(vol, None)
+        self.discard_chunks(stale)
+        return True
+
+    @staticmethod
+    def _replaced(vol: int, idx: int, old: tuple[int, int | None]) -> int:
+        """The chunk an entry named before this flush replaced it; it is garbage now. A full
+        chunk there was allocated by another process meanwhile."""
+        if old[0] and old[1] is None:
+            log.warning('volume %d chunk %d was allocated by another process too; the later '
+                        'flush wins', vol, idx)
+        return old[0]
+
+    def _migrate(self, vol: int, seq: int) -> None:
+        """Another process froze a committed partial chunk this process still has unflushed
+        blocks in: copy those blocks to a new partial chunk at the live sequence, so the
+        snapshot keeps what it had."""
+        with self.frozen(vol):
             with self.io_lock:
                 unflushed = self._unflushed.get(vol)
-                if unflushed is None or not unflushed.dirty:
-                    return
-                new = dict(unflushed.new)
-                written, unflushed.written = unflushed.written, set()
-                mtime_ns, grown_to = unflushed.mtime_ns, unflushed.length
-            try:
-                self.chunks.fsync_all(written)
-                if new:
-                    self.chunks.fsync_dirs_of(set(new.values()))
-            except Exception:
+                moving = [(idx, p) for idx, p in (unflushed.partial.items() if unflushed else ())
+                          if not p.created and p.seq != seq]
+            for idx, old in moving:
+                chunk_id, entry = self.new_chunk()
+                try:
+                    for block, count in block_runs(old.bits):
+                        at, size = block * BLOCK_SIZE, count * BLOCK_SIZE
+                        self.chunks.pwrite(entry, self.chunks.pread(old.chunk_id, size, at), at)
+                finally:
+                    self.chunks.release(entry)
                 with self.io_lock:
-                    unflushed.written |= written
-                raise
-
-            def commit(txn: lmdb.Transaction) -> list[int]:
-                node = self.meta.get_node(txn, vol)
-                if node is None:
-                    return list(new.values())
-                stale = []
-                node.length = max(node.length, grown_to)
-                for idx, chunk_id in new.items():
-                    if idx * self.chunk_size >= node.length:
-                        stale.append(chunk_id)
-                        continue
-                    key = map_key(vol, idx, node.seq)
-                    old = txn.get(key, db=self.meta.db['chunkmap'])
-                    if old is not None:
-                        log.warning('volume %d chunk %d was allocated by another process too; '
-                                    'the later flush wins', vol, idx)
-                        stale.append(U64.unpack(old)[0])
-                    txn.put(key, U64.pack(chunk_id), db=self.meta.db['chunkmap'])
-                if mtime_ns:
-                    node.mtime_ns = node.ctime_ns = max(node.mtime_ns, mtime_ns)
-                self.meta.put_node(txn, node)
-                return stale
-
-            stale = self.meta.write(commit)
-            with self.io_lock:
-                for idx, chunk_id in new.items():
-                    if unflushed.new.get(idx) == chunk_id:
-                        del unflushed.new[idx]
-                if unflushed.length == grown_to:
-                    unflushed.length = 0
-                if not unflushed.dirty:
-                    self._unflushed.pop(vol, None)
-            self.discard_chunks(stale)
+                    unflushed.partial[idx] = _Partial(chunk_id, seq, created=True, bits=old.bits)
+                    unflushed.written.add(chunk_id)
+                log.info('volume %d chunk %d: %d unflushed blocks moved past a snapshot taken '
+                         'elsewhere', vol, idx, bin(old.bits).count('1'))
 
     def discard_chunks(self, chunk_ids: list[int]) -> None:
         """Delete chunk files no mapping names any more, and forget they needed an fsync."""
@@ -428,13 +874,17 @@ class DataPath:
         return unflushed.length if unflushed else 0
 
     def forget_volume(self, vol: int) -> list[int]:
-        """Drop this process's unflushed state of a volume being destroyed; its new chunk ids."""
+        """Drop this process's unflushed state of a volume being destroyed or rolled back; the
+        chunk ids it had created."""
         with self.io_lock:
             unflushed = self._unflushed.pop(vol, None)
-        return list(unflushed.new.values()) if unflushed else []
+        if unflushed is None:
+            return []
+        return list(unflushed.new.values()) + [p.chunk_id for p in unflushed.partial.values()
+                                               if p.created]
 
     def drop_reservations(self) -> None:
-        pid, ticks = self._identity
+        pid, ticks = self.identity
 
         def drop(txn: lmdb.Transaction) -> None:
             cur = txn.cursor(db=self.meta.db['reserved'])
@@ -446,11 +896,27 @@ class DataPath:
 
         self.meta.write(drop)
 
-    def allocated_bytes(self, vol: int) -> int:
-        """Disk used by the volume's committed and pending chunks."""
+    def allocated_bytes(self, vol: int, seq: int | None = None) -> int:
+        """Disk used by the volume's chunks: every version's and this process's pending ones,
+        or with seq only those that version reads from this volume."""
         with self.meta.read() as txn:
-            ids = {chunk_id for _idx, _seq, chunk_id in self.meta.volume_chunks(txn, vol)}
-        unflushed = self._unflushed.get(vol)
-        if unflushed:
-            ids |= set(unflushed.new.values())
+            if seq is None:
+                ids = {chunk_id for _idx, _seq, chunk_id, _bits
+                       in self.meta.volume_chunks(txn, vol)}
+            else:
+                ids = set()
+                hidden: dict[int, int] = {}
+                for idx, entry_seq, chunk_id, bits in self.meta.volume_chunks(txn, vol):
+                    covered = hidden.get(idx, 0)
+                    if entry_seq > seq or covered == self.full_bits:
+                        continue
+                    if (bits if bits is not None else self.full_bits) & ~covered:
+                        ids.add(chunk_id)
+                    hidden[idx] = covered | (self.full_bits if bits is None else bits)
+        if seq is None:
+            unflushed = self._unflushed.get(vol)
+            if unflushed:
+                ids |= set(unflushed.new.values())
+                ids |= {p.chunk_id for p in unflushed.partial.values() if p.created}
+        ids.discard(0)
         return sum(self.chunks.allocated_bytes(chunk_id) for chunk_id in ids)

@@ -299,7 +299,7 @@ def test_nowait_read_starts_the_fetch_and_later_succeeds(store: curvefuse.Store)
         vol.flush()
         engine = store.engine
         with engine.meta.read() as txn:
-            [(_idx, _seq, chunk_id)] = engine.meta.volume_chunks(txn, vol.handle.vol_id)
+            [(_idx, _seq, chunk_id, _bits)] = engine.meta.volume_chunks(txn, vol.handle.vol_id)
         fd = os.open(engine.chunks.chunk_path(chunk_id), os.O_RDONLY)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # evict it from the page cache
         os.close(fd)
