@@ -2,9 +2,10 @@
 
 import os
 
-from .api import Entry, Store, Volume, open_store, parse_size
-from .errors import (AccessError, BusyError, EngineError, ExistsError, InvalidArgumentError,
-                     NotEmptyError, NotFoundError, OutOfRangeError, ReadOnlyError)
+from .api import Entry, Snapshot, Store, Volume, open_store, parse_size
+from .errors import (AccessError, BusyError, EngineError, ExistsError, HasSnapshotsError,
+                     InvalidArgumentError, NotEmptyError, NotFoundError, NotProtectedError,
+                     OutOfRangeError, ProtectedError, ReadOnlyError)
 
 __version__ = '0.1.0'
 
@@ -12,5 +13,6 @@ __version__ = '0.1.0'
 DEFAULT_DATA_DIR = os.environ.get('CURVEFUSE_DATA_DIR', '/var/lib/curvefuse')
 
 __all__ = ['AccessError', 'BusyError', 'DEFAULT_DATA_DIR', 'EngineError', 'Entry', 'ExistsError',
-           'InvalidArgumentError', 'NotEmptyError', 'NotFoundError', 'OutOfRangeError',
-           'ReadOnlyError', 'Store', 'Volume', 'open_store', 'parse_size']
+           'HasSnapshotsError', 'InvalidArgumentError', 'NotEmptyError', 'NotFoundError',
+           'NotProtectedError', 'OutOfRangeError', 'ProtectedError', 'ReadOnlyError', 'Snapshot',
+           'Store', 'Volume', 'open_store', 'parse_size']

@@ -23,7 +23,9 @@ from typing import Any
 from .engine import BLOCK_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_ROOT_PASSWORD, Engine, Node, VolumeHandle
 from .engine.fsck import FsckReport, fsck
 from .engine.meta import KIND_DIRECTORY
-from .errors import ExistsError, InvalidArgumentError, NotFoundError, OutOfRangeError
+from .engine.store import SnapshotInfo, split_snapshot_path
+from .errors import (ExistsError, InvalidArgumentError, NotFoundError, OutOfRangeError,
+                     ReadOnlyError)
 
 _SIZE = re.compile(r'^\s*(\d+)\s*([kmgtp]?)(i?b)?\s*$', re.IGNORECASE)
 _UNITS = {'': 1, 'k': 2**10, 'm': 2**20, 'g': 2**30, 't': 2**40, 'p': 2**50}
@@ -57,12 +59,36 @@ class Entry:
 
     @classmethod
     def from_node(cls, node: Node) -> 'Entry':
-        def when(ns: int) -> datetime:
-            return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
-
         return cls(node.name, node.id, node.parent, node.kind == KIND_DIRECTORY, node.length,
-                   node.owner, node.status, when(node.btime_ns), when(node.mtime_ns),
+                   node.owner, node.status, _when(node.btime_ns), _when(node.mtime_ns),
                    node.extra.get('original_path'))
+
+
+def _when(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A named snapshot of a volume (`Store.snapshots`)."""
+
+    volume: str  # the volume's path
+    name: str
+    uuid: str
+    length: int
+    created: datetime
+    protected: bool
+    clones: int  # how many clones depend on it
+
+    @property
+    def path(self) -> str:
+        """Curve's "volume@snapshot" form, which `Store.open` and CBDClient accept."""
+        return f'{self.volume}@{self.name}'
+
+    @classmethod
+    def from_info(cls, volume: str, info: SnapshotInfo) -> 'Snapshot':
+        return cls(volume, info.name, info.uuid, info.length, _when(info.created_ns),
+                   info.protected, len(info.children))
 
 
 def open_store(data_dir: str, *, create: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -181,12 +207,64 @@ class Store:
     def fsck(self, repair: bool = False) -> FsckReport:
         return fsck(self._engine, repair)
 
+    # -- snapshots and clones ---------------------------------------------------------------
+
+    def snapshot(self, path: str, name: str, *, protect: bool = False) -> Snapshot:
+        """Freeze the volume's content as `name` (instant; nothing is copied)."""
+        return Snapshot.from_info(path, self._engine.create_snapshot(path, name, self.user,
+                                                                     protect))
+
+    def snapshots(self, path: str) -> list[Snapshot]:
+        """The volume's snapshots, oldest first."""
+        return [Snapshot.from_info(path, info)
+                for info in self._engine.list_snapshots(path, self.user)]
+
+    def delete_snapshot(self, path: str, name: str, *, unprotect: bool = False) -> None:
+        """Delete a snapshot and free what only it used. A protected one needs `unprotect`;
+        one with clones is refused (`BusyError`)."""
+        self._engine.delete_snapshot(path, name, self.user, unprotect)
+
+    def protect(self, path: str, name: str) -> None:
+        """Allow clones of the snapshot; a protected snapshot cannot be deleted."""
+        self._engine.protect_snapshot(path, name, self.user)
+
+    def unprotect(self, path: str, name: str) -> None:
+        self._engine.unprotect_snapshot(path, name, self.user)
+
+    def rollback(self, path: str, name: str) -> Entry:
+        """Give the volume the snapshot's content and length again (the volume must not be
+        open, and no newer snapshot may exist)."""
+        return Entry.from_node(self._engine.rollback(path, name, self.user))
+
+    def clone(self, path: str, name: str, dest: str, *, readonly: bool = False) -> Entry:
+        """A new volume at dest with the (protected) snapshot's content, made at once."""
+        return Entry.from_node(self._engine.clone(path, name, dest, self.user, readonly))
+
+    def flatten(self, path: str, *, wait: bool = True) -> None:
+        """Copy what a clone still reads from its snapshot, so it no longer depends on it;
+        without wait, in the background (see `flatten_progress`)."""
+        self._engine.flatten(path, self.user, wait)
+
+    def flatten_progress(self, path: str) -> int:
+        """0-100 (100 for a volume that is not a clone)."""
+        return self._engine.flatten_progress(path, self.user)
+
+    def children(self, path: str, name: str | None = None) -> list[str]:
+        """Paths of the clones of one snapshot of the volume, or of all its snapshots."""
+        return self._engine.children(path, name, self.user)
+
     # -- data -------------------------------------------------------------------------------
 
     def open(self, path: str, mode: str = 'rb') -> 'Volume':
-        """A volume as a binary file: 'rb' to read, 'r+b' to read and write."""
+        """A volume as a binary file: 'rb' to read, 'r+b' to read and write. "vol@snap" opens
+        a snapshot ('rb' only)."""
         if mode not in ('rb', 'r+b', 'rb+'):
             raise InvalidArgumentError(f"mode must be 'rb' or 'r+b', not {mode!r}")
+        volume, snapshot = split_snapshot_path(path)
+        if snapshot is not None and not self.exists(path):
+            if mode != 'rb':
+                raise ReadOnlyError(f'{path} is a snapshot; open it with mode "rb"')
+            return Volume(self._engine.open_snapshot(volume, snapshot, self.user), path, mode)
         handle = self._engine.open_volume(path, self.user, writable=mode != 'rb')
         return Volume(handle, path, mode)
 
