@@ -1,4 +1,4 @@
-"""curvefuse snapshot benchmark: snapshots, copy-on-write, clones and flatten, with peers in one run.
+"""curvefuse snapshot benchmark: snapshots, copy-on-write, clone and flatten, with peers in one run.
 
 Volumes, made once on a fresh store (sizes from --small and --large):
 - "written": --small bytes fully written (1 MiB writes), with a protected snapshot "base";
@@ -13,11 +13,12 @@ Each round, with peers in rotating order and the disk synced before every timed 
   Volume.pwrite with a flush every --flush-every writes, on "ordinary" and on "written" just after
   a snapshot (so each is the first write to its chunk since the snapshot); 4 KiB aligned writes,
   then 512-byte writes inside a block (which first copy the rest of that block from below);
-  microseconds per write for the pwrite calls alone and with the flushes counted;
+  microseconds per write: the median latency of one pwrite (over every write of every round),
+  and the whole pass's time per write with its flushes (median over the rounds);
 - clone: Store.clone of the protected "base" snapshots of "written" and "wide";
 - flatten: Store.flatten of the clone of "written", against `cp --sparse=never` of the plain
   file followed by an fsync. The data of both is in the page cache (it was just written).
-Figures are medians over the rounds; ratios are taken between figures of the same run.
+Other figures are medians over the rounds; ratios are taken between figures of the same run.
 """
 
 from __future__ import annotations
@@ -86,19 +87,19 @@ def one_write_per_chunk(rng: random.Random, size: int, chunk_size: int,
 
 
 def write_pass(vol: curvefuse.Volume, offsets: Sequence[int], data: bytes,
-               flush_every: int) -> tuple[float, float]:
-    """Seconds per write: (in pwrite alone, in pwrite plus the flushes every flush_every)."""
+               flush_every: int) -> tuple[list[float], float]:
+    """Seconds of each pwrite, and seconds per write of the whole pass (the pwrites and a flush
+    every flush_every writes)."""
     os.sync()
-    writing = flushing = 0.0
+    latencies = []
+    began = time.perf_counter()
     for start in range(0, len(offsets), flush_every):
-        began = time.perf_counter()
         for offset in offsets[start:start + flush_every]:
+            before = time.perf_counter()
             vol.pwrite(data, offset)
-        wrote = time.perf_counter()
+            latencies.append(time.perf_counter() - before)
         vol.flush()
-        flushing += time.perf_counter() - wrote
-        writing += wrote - began
-    return writing / len(offsets), (writing + flushing) / len(offsets)
+    return latencies, (time.perf_counter() - began) / len(offsets)
 
 
 def in_turn(round_no: int, actions: Sequence[Callable[[], None]]) -> None:
@@ -133,8 +134,8 @@ class Rounds:
         self.written.close()
         self.ordinary.close()
 
-    def sample(self, test: str, seconds: float) -> None:
-        self.samples.setdefault(test, []).append(seconds)
+    def sample(self, test: str, *seconds: float) -> None:
+        self.samples.setdefault(test, []).extend(seconds)
 
     def run(self, round_no: int) -> None:
         in_turn(round_no, [partial(self.snapshots, '/written', 'snap small', round_no),
@@ -157,14 +158,14 @@ class Rounds:
             self.sample(test, timed(partial(self.store.snapshot, path, f'round{round_no}-{k}')))
 
     def ordinary_writes(self, offsets: list[int], data: bytes) -> None:
-        alone, flushed = write_pass(self.ordinary, offsets, data, self.flush_every)
-        self.sample(f'plain {len(data)}', alone)
+        latencies, flushed = write_pass(self.ordinary, offsets, data, self.flush_every)
+        self.sample(f'plain {len(data)}', *latencies)
         self.sample(f'plain {len(data)} flushed', flushed)
 
     def writes_after_snapshot(self, offsets: list[int], data: bytes, round_no: int) -> None:
         self.store.snapshot('/written', f'round{round_no}-cow{len(data)}')
-        alone, flushed = write_pass(self.written, offsets, data, self.flush_every)
-        self.sample(f'cow {len(data)}', alone)
+        latencies, flushed = write_pass(self.written, offsets, data, self.flush_every)
+        self.sample(f'cow {len(data)}', *latencies)
         self.sample(f'cow {len(data)} flushed', flushed)
 
     def clone(self, source: str, dest: str, test: str) -> None:
@@ -196,10 +197,11 @@ class Row:
 
 
 def report(rows: list[Row]) -> None:
-    print(f'\n{"test":62} {"figure":>16} {"ratio":>9}')
+    width = max(len(row.test) for row in rows)
+    print(f'\n{"test":{width}} {"figure":>16}   ratio')
     for row in rows:
-        ratio = '' if row.ratio is None else f'{row.ratio:8.2f}x {row.ratio_of}'
-        print(f'{row.test:62} {row.value:10.1f} {row.unit:5} {ratio}')
+        ratio = '' if row.ratio is None else f'{row.ratio:6.2f}x {row.ratio_of}'
+        print(f'{row.test:{width}} {row.value:10.1f} {row.unit:5}   {ratio}'.rstrip())
 
 
 def table(med: dict[str, float], small: int, large: int, chunk_size: int,
@@ -214,7 +216,7 @@ def table(med: dict[str, float], small: int, large: int, chunk_size: int,
             f'the {human(small)} one'),
     ]
     for length, what in ((4096, '4 KiB write'), (512, '512 B write in a block')):
-        for suffix, how in (('', 'pwrite'), (' flushed', f'+ flush/{flush_every}')):
+        for suffix, how in (('', 'pwrite'), (' flushed', f'with a flush per {flush_every}')):
             plain, cow = med[f'plain {length}{suffix}'], med[f'cow {length}{suffix}']
             rows += [Row(f'{what}, ordinary ({how})', plain * 1e6, 'µs'),
                      Row(f'{what}, first after a snapshot ({how})', cow * 1e6, 'µs',
@@ -267,9 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f'chunk size {chunk_size // MiB} MiB, median of {args.rounds} rounds '
-          f'({SNAPSHOTS_PER_ROUND} snapshots per volume per round), {small // chunk_size} '
-          'writes per write test; data in the page cache, disk synced before each phase.\n'
+    print(f'chunk size {chunk_size // MiB} MiB, medians of {args.rounds} rounds '
+          f'({SNAPSHOTS_PER_ROUND} snapshots per volume per round; pwrite: the median of all '
+          f'{args.rounds * small // chunk_size} writes); data in the page cache, disk synced '
+          'before each phase.\n'
           f'The {human(large)} volume has every chunk mapped (the metadata of {human(large)} '
           'written) but only 4 KiB written in each chunk.')
     report(table({test: statistics.median(values) for test, values in rounds.samples.items()},
