@@ -8,7 +8,7 @@ Volumes, made once on a fresh store (sizes from --small and --large):
 - "ordinary": --small bytes fully written, never snapshotted (the peer for plain writes);
 - a plain file with the same bytes as "written" (the peer for flatten).
 Each round, with peers in rotating order and the disk synced before every timed phase:
-- snapshot: three snapshots each of "written" and "wide" (ratio near 1: snapshots are O(1));
+- snapshot: five snapshots each of "written" and "wide" (ratio near 1: snapshots are O(1));
 - writes: one write per chunk at a random block, chunks in random order, through
   Volume.pwrite with a flush every --flush-every writes, on "ordinary" and on "written" just after
   a snapshot (so each is the first write to its chunk since the snapshot); 4 KiB aligned writes,
