@@ -288,6 +288,9 @@ class CurveOperations(pyfuse3.Operations):
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         if writable:
             self._check_writable()
+            clone = self.engine.clone_state(node.id)
+            if clone is not None and clone.readonly:
+                raise ReadOnlyError(f'{node.name} is a read-only clone')
         return self._new_file(VolumeHandle(self.engine, node.id, writable))
 
     def _new_file(self, handle: VolumeHandle) -> pyfuse3.FileInfo:
@@ -414,6 +417,13 @@ class CurveOperations(pyfuse3.Operations):
         if not node.is_dir:
             facts['allocated'] = self.engine.data.allocated_bytes(node.id)
             facts['chunk_size'] = self.engine.chunk_size
+            clone = self.engine.clone_state(node.id)
+            # On every volume, so a script polling it sees 100 once the clone is flat.
+            facts['flatten_progress'] = 100 if clone is None else clone.progress
+            if clone is not None:
+                facts['source'] = f'{clone.source_path}@{clone.snapshot}'
+                facts['readonly'] = 'yes' if clone.readonly else 'no'
+                facts['flattening'] = 'yes' if clone.flattening else 'no'
         if node.parent == RECYCLE_ID and 'original_path' in node.extra:
             facts['original_path'] = node.extra['original_path']
         return facts
