@@ -17,6 +17,7 @@ import stat
 import pyfuse3
 
 BLKSIZE = 128 * 1024  # what cp and friends size their buffers by
+DEFAULT_MODES = {True: 0o755, False: 0o644}  # is_dir -> permission bits of a node without its own
 MIRROR_BASE = 2**62
 
 
@@ -51,4 +52,4 @@ def entry_attributes(inode: int, is_dir: bool, mode: int, uid: int, gid: int, si
     return attr
 
 
-__all__ = ['BLKSIZE', 'MIRROR_BASE', 'entry_attributes', 'inode_of', 'node_of']
+__all__ = ['BLKSIZE', 'DEFAULT_MODES', 'MIRROR_BASE', 'entry_attributes', 'inode_of', 'node_of']

@@ -29,7 +29,7 @@ import trio
 
 from ..engine import RECYCLE_ID, ROOT_ID, Engine, Node, VolumeHandle, WouldBlock
 from ..errors import EngineError, ExistsError, ReadOnlyError, codes_for
-from .inodes import entry_attributes, inode_of, node_of
+from .inodes import DEFAULT_MODES, entry_attributes, inode_of, node_of
 from .snapshots import SNAPSHOT_DIR, SnapshotTree, sets_time_to_now
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ P = ParamSpec('P')
 T = TypeVar('T')
 
 XATTR_FACTS = 'user.curvefuse.'  # read-only attributes showing the engine's view of a node
-DEFAULT_MODES = {True: 0o755, False: 0o644}  # is_dir -> permission bits
 ROOT_INODE = inode_of(ROOT_ID)
 ALLOCATED_TTL = 1.0  # seconds st_blocks may lag behind writes made through other doors
 READ_POLL_SECONDS = 0.002  # how long a read polls the page cache before a thread takes over

@@ -32,7 +32,7 @@ import pyfuse3
 
 from ..engine import ROOT_ID, Engine, Node, SnapshotInfo, VolumeHandle
 from ..errors import IsDirectoryError, NotDirectoryError, NotFoundError, ReadOnlyError
-from .inodes import MIRROR_BASE, entry_attributes, inode_of
+from .inodes import DEFAULT_MODES, MIRROR_BASE, entry_attributes, inode_of
 
 SNAPSHOT_DIR = '.snapshots'
 SNAPSHOT_MODE = 0o444
@@ -106,7 +106,7 @@ class SnapshotTree:
         return self._mirror_attributes(self.engine.node(ROOT_ID))
 
     def _mirror_attributes(self, node: Node) -> pyfuse3.EntryAttributes:
-        mode = node.extra.get('mode', 0o755 if node.is_dir else 0o644)
+        mode = node.extra.get('mode', DEFAULT_MODES[node.is_dir])
         mode = mode & ~_WRITE_BITS if node.is_dir else _volume_dir_mode(mode)
         return entry_attributes(mirror_inode(node.id), True, mode, node.extra.get('uid', 0),
                                 node.extra.get('gid', 0), 0,
