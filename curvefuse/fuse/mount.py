@@ -205,6 +205,8 @@ def run_foreground(data_dir: str, mountpoint: str, options: MountOptions,
                 fh.write(f'{os.getpid()}\n')
             _become_io_flusher()
             log.info('mounted %s at %s', data_dir, mountpoint)
+            if not options.read_only:  # a read-only mount writes nothing, flattens included
+                engine.resume_flattens()
             if ready_fd is not None:
                 os.write(ready_fd, b'ok\n')
                 os.close(ready_fd)

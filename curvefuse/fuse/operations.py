@@ -1,8 +1,9 @@
 """CurveOperations: the store as a file tree, for pyfuse3. Translation only, no storage logic.
 
-- Inode numbers are node ids + 1 (the root directory, node 0, is FUSE's inode 1), so they are stable
-  across remounts. Nodes live in the store, not in this process, so nothing is freed in `forget`:
-  the kernel's lookup counts need no bookkeeping here.
+- Inode numbers (see `inodes`) are node ids + 1, so they are stable across remounts; the
+  virtual ``.snapshots`` tree (see `snapshots`) has numbers of its own. Nodes and snapshots live
+  in the store, not in this process, so nothing is freed in `forget`: the kernel's lookup counts
+  need no bookkeeping here.
 - Every other door may change the store at any time, so the kernel caches no entries and no
   attributes (timeouts 0) and drops a file's cached pages when it is opened (keep_cache off): a
   volume written and closed through CBDClient reads back new through the mount.
@@ -26,27 +27,20 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from ..engine import RECYCLE_ID, Engine, Node, VolumeHandle, WouldBlock
-from ..errors import EngineError, codes_for
+from ..engine import RECYCLE_ID, ROOT_ID, Engine, Node, VolumeHandle, WouldBlock
+from ..errors import EngineError, ExistsError, ReadOnlyError, codes_for
+from .inodes import DEFAULT_MODES, entry_attributes, inode_of, node_of
+from .snapshots import SNAPSHOT_DIR, SnapshotTree, sets_time_to_now
 
 log = logging.getLogger(__name__)
 P = ParamSpec('P')
 T = TypeVar('T')
 
 XATTR_FACTS = 'user.curvefuse.'  # read-only attributes showing the engine's view of a node
-DEFAULT_MODES = {True: 0o755, False: 0o644}  # is_dir -> permission bits
-BLKSIZE = 128 * 1024  # what cp and friends size their buffers by
+ROOT_INODE = inode_of(ROOT_ID)
 ALLOCATED_TTL = 1.0  # seconds st_blocks may lag behind writes made through other doors
 READ_POLL_SECONDS = 0.002  # how long a read polls the page cache before a thread takes over
 READAHEAD = 2**20  # bytes fetched ahead for a handle that reads sequentially
-
-
-def inode_of(node_id: int) -> int:
-    return node_id + 1
-
-
-def node_of(inode: int) -> int:
-    return inode - 1
 
 
 def fuse_errors(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -87,9 +81,11 @@ class CurveOperations(pyfuse3.Operations):
         self.engine = engine
         self.read_only = read_only
         self.allow_shrink = allow_shrink
+        self.snapshots = SnapshotTree(engine)
         self._files: dict[int, VolumeHandle] = {}
-        self._dirs: dict[int, list[Node]] = {}
-        self._allocated: dict[int, tuple[float, int]] = {}  # volume -> (when, bytes on disk)
+        self._dirs: dict[int, list[tuple[str, pyfuse3.EntryAttributes]]] = {}
+        # volume or snapshot id (never equal) -> (when, bytes on disk)
+        self._allocated: dict[int, tuple[float, int]] = {}
         self._read_ends: dict[int, int] = {}  # fh -> where its last read ended
         self._next_fh = 1
         # Bounds the worker threads (trio's own default is 40); LMDB writes serialize anyway.
@@ -112,53 +108,69 @@ class CurveOperations(pyfuse3.Operations):
         if self.read_only:
             raise pyfuse3.FUSEError(errno.EROFS)
 
+    def _virtual(self, parent_inode: int, name: bytes | None = None) -> bool:
+        """Whether the inode, or its entry `name`, is in the ``.snapshots`` tree."""
+        return self.snapshots.owns(parent_inode) or (
+            parent_inode == ROOT_INODE and name is not None and _name(name) == SNAPSHOT_DIR)
+
     # -- attributes ---------------------------------------------------------------------------
 
     def _attributes(self, node: Node, allocated: int = 0) -> pyfuse3.EntryAttributes:
-        attr = pyfuse3.EntryAttributes()
-        attr.st_ino = inode_of(node.id)
-        attr.generation = 0
-        attr.entry_timeout = 0
-        attr.attr_timeout = 0
-        mode = node.extra.get('mode', DEFAULT_MODES[node.is_dir])
-        attr.st_mode = (stat.S_IFDIR if node.is_dir else stat.S_IFREG) | mode
-        attr.st_nlink = 2 if node.is_dir else 1
-        attr.st_uid = node.extra.get('uid', 0)
-        attr.st_gid = node.extra.get('gid', 0)
-        attr.st_rdev = 0
-        attr.st_size = 0 if node.is_dir else node.length
-        attr.st_blksize = BLKSIZE
-        attr.st_blocks = -(-allocated // 512)
-        attr.st_atime_ns = attr.st_mtime_ns = node.mtime_ns
-        attr.st_ctime_ns = node.ctime_ns
-        attr.st_birthtime_ns = node.btime_ns
-        return attr
+        return entry_attributes(inode_of(node.id), node.is_dir,
+                                node.extra.get('mode', DEFAULT_MODES[node.is_dir]),
+                                node.extra.get('uid', 0), node.extra.get('gid', 0), node.length,
+                                (node.mtime_ns, node.ctime_ns, node.btime_ns), allocated)
 
-    async def _full_attributes(self, node: Node) -> pyfuse3.EntryAttributes:
-        """With st_blocks. That needs a stat of every chunk file (so in a thread), and the kernel
-        asks for attributes before every read: the answer is kept until this mount writes the
-        volume or ALLOCATED_TTL passes (for other doors' writes)."""
-        if node.is_dir:
-            return self._attributes(node)
-        cached = self._allocated.get(node.id)
+    async def _allocated_bytes(self, key: int, count: Callable[..., int], *args: Any) -> int:
+        """st_blocks needs a stat of every chunk file (so in a thread), and the kernel asks for
+        attributes before every read: the answer is kept until this mount writes the volume or
+        ALLOCATED_TTL passes (for other doors' writes)."""
+        cached = self._allocated.get(key)
         if cached is None or time.monotonic() - cached[0] > ALLOCATED_TTL:
             stamp = time.monotonic()
-            cached = (stamp, await self._run(self.engine.data.allocated_bytes, node.id))
-            self._allocated[node.id] = cached
-        return self._attributes(node, cached[1])
+            cached = (stamp, await self._run(count, *args))
+            self._allocated[key] = cached
+        return cached[1]
+
+    async def _full_attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        """With st_blocks."""
+        if node.is_dir:
+            return self._attributes(node)
+        return self._attributes(node, await self._allocated_bytes(
+            node.id, self.engine.data.allocated_bytes, node.id))
+
+    async def _virtual_attributes(self, inode: int) -> pyfuse3.EntryAttributes:
+        """With st_blocks for a snapshot."""
+        if not self.snapshots.is_snapshot(inode):
+            return self.snapshots.attributes(inode)
+        snap = self.snapshots.snapshot(inode)
+        allocated = await self._allocated_bytes(snap.id, self.snapshots.allocated_bytes, snap)
+        return self.snapshots.snapshot_attributes(snap, allocated)
 
     @fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        if self._virtual(parent_inode, name):
+            if parent_inode == ROOT_INODE:
+                return self.snapshots.root_attributes()
+            found = self.snapshots.lookup(parent_inode, _name(name))
+            return await self._virtual_attributes(found.st_ino)
         return await self._full_attributes(self.engine.child(node_of(parent_inode), _name(name)))
 
     @fuse_errors
     async def getattr(self, inode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        if self.snapshots.owns(inode):
+            return await self._virtual_attributes(inode)
         return await self._full_attributes(self.engine.node(node_of(inode)))
 
     @fuse_errors
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any,
                       fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
         self._check_writable()
+        if self.snapshots.owns(inode):
+            # touch's utimensat("now") right after taking a snapshot: nothing to change.
+            if not sets_time_to_now(attr, fields):
+                raise ReadOnlyError('the .snapshots tree is read-only')
+            return await self._virtual_attributes(inode)
         node_id = node_of(inode)
         if fields.update_size:
             path = self.engine.path_of(node_id)
@@ -193,17 +205,24 @@ class CurveOperations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: Any) -> int:
         # The listing is taken once per open: readdir offsets index into it, so they stay
         # stable while other doors change the directory.
+        if self.snapshots.owns(inode):
+            entries = self.snapshots.entries(inode)
+        else:
+            entries = [(node.name, self._attributes(node))
+                       for node in self.engine.dir_entries(node_of(inode))]
+            if inode == ROOT_INODE:  # .snapshots hides a real entry of that name
+                entries = [(SNAPSHOT_DIR, self.snapshots.root_attributes())] + [
+                    entry for entry in entries if entry[0] != SNAPSHOT_DIR]
         fh = self._new_fh()
-        self._dirs[fh] = self.engine.children(node_of(inode))
+        self._dirs[fh] = entries
         return fh
 
     @fuse_errors
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         entries = self._dirs[fh]
         for index in range(start_id, len(entries)):
-            node = entries[index]
-            if not pyfuse3.readdir_reply(token, os.fsencode(node.name),
-                                         self._attributes(node), index + 1):
+            name, attributes = entries[index]
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), attributes, index + 1):
                 break
 
     @fuse_errors
@@ -214,6 +233,7 @@ class CurveOperations(pyfuse3.Operations):
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: Any) -> pyfuse3.EntryAttributes:
         self._check_writable()
+        self._refuse_virtual(parent_inode, name)
         node = await self._run(functools.partial(
             self.engine.mkdir, self._path(parent_inode, name), posix=_posix(mode, ctx)))
         return self._attributes(node)
@@ -221,6 +241,7 @@ class CurveOperations(pyfuse3.Operations):
     @fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         self._check_writable()
+        self._refuse_virtual(parent_inode, name)
         if not self.engine.child(node_of(parent_inode), _name(name)).is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         await self._run(self.engine.remove, self._path(parent_inode, name))
@@ -229,6 +250,11 @@ class CurveOperations(pyfuse3.Operations):
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         """A volume goes to /RecycleBin (Curve's Unlink); in /RecycleBin it is destroyed."""
         self._check_writable()
+        if self._virtual(parent_inode, name):
+            if parent_inode == ROOT_INODE:
+                raise ReadOnlyError(f'{SNAPSHOT_DIR} cannot be removed')
+            await self._run(self.snapshots.delete, parent_inode, _name(name))
+            return
         if self.engine.child(node_of(parent_inode), _name(name)).is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         await self._run(functools.partial(self.engine.remove, self._path(parent_inode, name),
@@ -241,6 +267,8 @@ class CurveOperations(pyfuse3.Operations):
         self._check_writable()
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise pyfuse3.FUSEError(errno.EINVAL)
+        self._refuse_virtual(parent_inode_old, name_old)
+        self._refuse_virtual(parent_inode_new, name_new)
         if (parent_inode_old, name_old) == (parent_inode_new, name_new):
             return
         await self._run(functools.partial(
@@ -248,13 +276,23 @@ class CurveOperations(pyfuse3.Operations):
             self._path(parent_inode_new, name_new), check_open=False,
             replace=not flags & pyfuse3.RENAME_NOREPLACE, posix=True))
 
+    def _refuse_virtual(self, parent_inode: int, name: bytes) -> None:
+        if self._virtual(parent_inode, name):
+            raise ReadOnlyError(f'the {SNAPSHOT_DIR} tree changes only by touch and rm of '
+                                'snapshots')
+
     # -- volumes ------------------------------------------------------------------------------
 
     def _open_handle(self, node: Node, flags: int) -> pyfuse3.FileInfo:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         if writable:
             self._check_writable()
-        handle = VolumeHandle(self.engine, node.id, writable)
+            clone = self.engine.clone_state(node.id)
+            if clone is not None and clone.readonly:
+                raise ReadOnlyError(f'{node.name} is a read-only clone')
+        return self._new_file(VolumeHandle(self.engine, node.id, writable))
+
+    def _new_file(self, handle: VolumeHandle) -> pyfuse3.FileInfo:
         fh = self._new_fh()
         self._files[fh] = handle
         return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=True)
@@ -262,8 +300,12 @@ class CurveOperations(pyfuse3.Operations):
     @fuse_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        """A new, empty volume; writes past its end grow it (so cp works)."""
+        """A new, empty volume; writes past its end grow it (so cp works). In a volume's
+        directory in .snapshots: a new snapshot, opened read-only (touch)."""
         self._check_writable()
+        if self._virtual(parent_inode, name):
+            attributes = await self._take_snapshot(parent_inode, name)
+            return self._new_file(self.snapshots.open(attributes.st_ino)), attributes
         node = await self._make_volume(parent_inode, name, mode, ctx)
         return self._open_handle(node, flags), self._attributes(node)
 
@@ -273,7 +315,14 @@ class CurveOperations(pyfuse3.Operations):
         self._check_writable()
         if not stat.S_ISREG(mode):
             raise pyfuse3.FUSEError(errno.EPERM)  # only volumes live here
+        if self._virtual(parent_inode, name):
+            return await self._take_snapshot(parent_inode, name)
         return self._attributes(await self._make_volume(parent_inode, name, mode, ctx))
+
+    async def _take_snapshot(self, parent_inode: int, name: bytes) -> pyfuse3.EntryAttributes:
+        if parent_inode == ROOT_INODE:  # the kernel had not found .snapshots a moment ago
+            raise ExistsError(f'{SNAPSHOT_DIR} exists')
+        return await self._run(self.snapshots.take, parent_inode, _name(name))
 
     async def _make_volume(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Node:
         return await self._run(functools.partial(
@@ -282,6 +331,10 @@ class CurveOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        if self.snapshots.owns(inode):
+            if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC:
+                raise ReadOnlyError('a snapshot is read-only')
+            return self._new_file(self.snapshots.open(inode))
         node = self.engine.node(node_of(inode))
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -349,18 +402,34 @@ class CurveOperations(pyfuse3.Operations):
 
     # -- extended attributes ------------------------------------------------------------------
 
-    def _facts(self, node: Node) -> dict[str, bytes]:
-        facts = {'id': node.id, 'owner': node.owner, 'status': node.status,
-                 'type': 'directory' if node.is_dir else 'volume'}
+    def _facts(self, inode: int) -> dict[str, bytes]:
+        """Stats chunk files: for a worker thread."""
+        if self.snapshots.owns(inode):
+            facts = self.snapshots.facts(inode)
+        else:
+            facts = self._node_facts(self.engine.node(node_of(inode)))
+        return {XATTR_FACTS + key: str(value).encode() for key, value in facts.items()}
+
+    def _node_facts(self, node: Node) -> dict[str, object]:
+        facts: dict[str, object] = {'id': node.id, 'owner': node.owner, 'status': node.status,
+                                    'type': 'directory' if node.is_dir else 'volume'}
         if not node.is_dir:
             facts['allocated'] = self.engine.data.allocated_bytes(node.id)
             facts['chunk_size'] = self.engine.chunk_size
+            clone = self.engine.clone_state(node.id)
+            # On every volume, so a script polling it sees 100 once the clone is flat.
+            facts['flatten_progress'] = 100 if clone is None else clone.progress
+            if clone is not None:
+                facts['source'] = f'{clone.source_path}@{clone.snapshot}'
+                facts['readonly'] = 'yes' if clone.readonly else 'no'
+                facts['flattening'] = 'yes' if clone.flattening else 'no'
         if node.parent == RECYCLE_ID and 'original_path' in node.extra:
             facts['original_path'] = node.extra['original_path']
-        return {XATTR_FACTS + key: str(value).encode() for key, value in facts.items()}
+        return facts
 
-    @staticmethod
-    def _settable(name: str) -> None:
+    def _settable(self, inode: int, name: str) -> None:
+        if self.snapshots.owns(inode):
+            raise ReadOnlyError('the .snapshots tree is read-only')
         if name.startswith(XATTR_FACTS):
             raise pyfuse3.FUSEError(errno.EPERM)  # the engine's facts are read-only
         if not name.startswith('user.'):
@@ -370,8 +439,9 @@ class CurveOperations(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         key = _name(name)
         if key.startswith(XATTR_FACTS):
-            node = self.engine.node(node_of(inode))
-            value = (await self._run(self._facts, node)).get(key)
+            value = (await self._run(self._facts, inode)).get(key)
+        elif self.snapshots.owns(inode):
+            value = None
         elif key.startswith('user.'):
             value = self.engine.get_xattr(node_of(inode), key)
         else:
@@ -382,22 +452,23 @@ class CurveOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
-        node = self.engine.node(node_of(inode))
-        names = list(await self._run(self._facts, node)) + self.engine.list_xattrs(node.id)
+        names = list(await self._run(self._facts, inode))
+        if not self.snapshots.owns(inode):
+            names += self.engine.list_xattrs(node_of(inode))
         return [os.fsencode(name) for name in names]
 
     @fuse_errors
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
         self._check_writable()
         key = _name(name)
-        self._settable(key)
+        self._settable(inode, key)
         await self._run(self.engine.set_xattr, node_of(inode), key, value)
 
     @fuse_errors
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
         self._check_writable()
         key = _name(name)
-        self._settable(key)
+        self._settable(inode, key)
         if not await self._run(self.engine.remove_xattr, node_of(inode), key):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
@@ -413,4 +484,4 @@ class CurveOperations(pyfuse3.Operations):
         self._files.clear()
 
 
-__all__ = ['CurveOperations', 'inode_of', 'node_of']
+__all__ = ['CurveOperations']

@@ -22,7 +22,7 @@ def test_mount_shows_in_proc_mounts_as_fuse_curvefuse(mounted: Daemon) -> None:
         entry = next(line.split() for line in fh if line.split()[1] == str(mounted.mountpoint))
     assert entry[0] == str(mounted.data_dir)
     assert entry[2] == 'fuse.curvefuse'
-    assert sorted(os.listdir(mounted.mountpoint)) == ['RecycleBin']
+    assert sorted(os.listdir(mounted.mountpoint)) == ['.snapshots', 'RecycleBin']
 
 
 def test_second_daemon_on_the_same_store_is_refused(mounted: Daemon, tmp_path: Path) -> None:

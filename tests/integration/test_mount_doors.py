@@ -49,7 +49,7 @@ def test_volume_written_by_cbdclient_appears_at_once(mounted: Daemon,
     """A volume created, written (4 KiB aligned) and closed by CBDClient in another process is
     listed by ls at once, with its length, its owner and the new data."""
     mnt = mounted.mountpoint
-    assert os.listdir(mnt) == ['RecycleBin']  # the mount has looked, and found nothing
+    assert os.listdir(mnt) == ['.snapshots', 'RecycleBin']  # the mount looked: nothing yet
     data = block(1)
     out = door(client_conf, f"""
         out['create'] = cbd.Create('/fromcbd', curve, {MiB})
@@ -58,7 +58,7 @@ def test_volume_written_by_cbdclient_appears_at_once(mounted: Daemon,
         out['close'] = cbd.Close(fd)
     """)
     assert out == {'create': 0, 'write': 4096, 'close': 0}
-    assert sorted(os.listdir(mnt)) == ['RecycleBin', 'fromcbd']
+    assert sorted(os.listdir(mnt)) == ['.snapshots', 'RecycleBin', 'fromcbd']
     assert os.stat(mnt / 'fromcbd').st_size == MiB
     assert os.getxattr(mnt / 'fromcbd', 'user.curvefuse.owner') == b'curve'
     with open(mnt / 'fromcbd', 'rb') as fh:

@@ -152,11 +152,15 @@ def test_find_walks_the_tree(mounted: Daemon) -> None:
     run('truncate', '-s', '3M', mnt / 'x' / 'y' / 'z' / 'deep')
     run('touch', mnt / 'x' / 'shallow')
 
-    def found(*args: str) -> list[str]:
-        return sorted(run('find', '.', *args, cwd=mnt).split())
+    def found(*args: str) -> list[str]:  # as the README says: leave out .snapshots
+        return sorted(run('find', '.', '-path', './.snapshots', '-prune', '-o', *args, '-print',
+                          cwd=mnt).split())
 
     assert found() == ['.', './RecycleBin', './x', './x/shallow', './x/y', './x/y/z',
                        './x/y/z/deep']
+    assert sorted(run('find', '.snapshots', cwd=mnt).split()) == [
+        '.snapshots', '.snapshots/RecycleBin', '.snapshots/x', '.snapshots/x/shallow',
+        '.snapshots/x/y', '.snapshots/x/y/z', '.snapshots/x/y/z/deep']  # no snapshot yet
     assert found('-type', 'f') == ['./x/shallow', './x/y/z/deep']
     assert found('-type', 'd', '-name', 'z') == ['./x/y/z']
     assert found('-size', '+2M') == ['./x/y/z/deep']
@@ -197,7 +201,7 @@ def test_mkdir_and_rmdir(mounted: Daemon) -> None:
     fails('rmdir', mnt / 'd' / 'vol', message='Not a directory')
     run('rm', mnt / 'd' / 'vol')
     run('rmdir', mnt / 'd')
-    assert os.listdir(mnt) == ['RecycleBin']
+    assert os.listdir(mnt) == ['.snapshots', 'RecycleBin']
 
 
 # -- 3. mv -----------------------------------------------------------------------------------
@@ -231,7 +235,7 @@ def test_mv_moves_a_directory_with_its_contents(mounted: Daemon, tmp_path: Path)
     put(tmp_path, mnt / 'proj' / 'sub' / 'disk', data)
     run('mv', mnt / 'proj', mnt / 'proj2')
     run('mv', mnt / 'proj2', mnt / 'archive')
-    assert sorted(os.listdir(mnt)) == ['RecycleBin', 'archive']
+    assert sorted(os.listdir(mnt)) == ['.snapshots', 'RecycleBin', 'archive']
     assert_content(tmp_path, mnt / 'archive' / 'proj2' / 'sub' / 'disk', data)
     fails('mv', mnt / 'archive', mnt / 'archive' / 'proj2', message='subdirectory of itself')
     assert os.listdir(mnt / 'archive') == ['proj2']
@@ -245,7 +249,7 @@ def test_mv_onto_an_empty_directory_replaces_it(mounted: Daemon) -> None:
     run('mkdir', '-p', mnt / 'new' / 'sub', mnt / 'full' / 'x', mnt / 'empty')
     fails('mv', '-T', mnt / 'new', mnt / 'full')
     run('mv', '-T', mnt / 'new', mnt / 'empty')
-    assert sorted(os.listdir(mnt)) == ['RecycleBin', 'empty', 'full']
+    assert sorted(os.listdir(mnt)) == ['.snapshots', 'RecycleBin', 'empty', 'full']
     assert os.listdir(mnt / 'empty') == ['sub']
 
 def test_mv_over_an_existing_volume_keeps_the_replaced_one_in_the_recycle_bin(
@@ -298,7 +302,7 @@ def test_rm_in_the_recycle_bin_destroys_for_good(mounted: Daemon, tmp_path: Path
     (entry,) = recycled(mnt)
     run('rm', mnt / 'RecycleBin' / entry)
     assert recycled(mnt) == []
-    assert os.listdir(mnt) == ['RecycleBin']
+    assert os.listdir(mnt) == ['.snapshots', 'RecycleBin']
     fails('mv', mnt / 'RecycleBin' / entry, mnt / 'doomed', message='No such file')
     used_after = int(run('du', '-s', '-B1', chunks).split()[0])
     assert used_before - used_after >= len(data)
@@ -502,16 +506,16 @@ def test_names_longer_than_255_bytes_are_refused(mounted: Daemon, tmp_path: Path
                  ('cp', source, too_long), ('truncate', '-s', '1M', too_long)):
         fails(*args, cwd=mnt, message='File name too long')
     sh_fails(f'echo hi > {too_long}', cwd=mnt, message='File name too long')
-    assert sorted(os.listdir(mnt)) == ['RecycleBin', 'vol']
+    assert sorted(os.listdir(mnt)) == ['.snapshots', 'RecycleBin', 'vol']
     run('mv', 'vol', longest, cwd=mnt)
-    assert sorted(os.listdir(mnt)) == ['RecycleBin', longest]
+    assert sorted(os.listdir(mnt)) == ['.snapshots', 'RecycleBin', longest]
     vol_id = xattrs(mnt / longest)['user.curvefuse.id']
     run('rm', longest, cwd=mnt)
     (entry,) = recycled(mnt)
     assert len(entry.encode()) <= 255 and entry.endswith(f'-{vol_id}')
     assert entry.startswith('é' * 100)
     run('mv', mnt / 'RecycleBin' / entry, mnt / longest)
-    assert sorted(os.listdir(mnt)) == ['RecycleBin', longest]
+    assert sorted(os.listdir(mnt)) == ['.snapshots', 'RecycleBin', longest]
 
 
 def test_rm_keeps_a_non_utf8_name_in_the_recycle_bin(mounted: Daemon) -> None:
@@ -520,7 +524,7 @@ def test_rm_keeps_a_non_utf8_name_in_the_recycle_bin(mounted: Daemon) -> None:
     mnt = mounted.mountpoint
     name = os.fsdecode(b'disk\xff\xfe')
     run('touch', mnt / name)
-    assert os.listdir(os.fsencode(mnt)) == [b'RecycleBin', b'disk\xff\xfe']
+    assert os.listdir(os.fsencode(mnt)) == [b'.snapshots', b'RecycleBin', b'disk\xff\xfe']
     vol_id = xattrs(mnt / name)['user.curvefuse.id']
     run('rm', mnt / name)
     assert os.listdir(os.fsencode(mnt / 'RecycleBin')) == [b'disk\xff\xfe-' + vol_id.encode()]
@@ -589,7 +593,7 @@ def test_unlink_while_open_keeps_the_data(mounted: Daemon, tmp_path: Path) -> No
     try:
         assert os.pwrite(fd, first, 0) == len(first)
         run('rm', mnt / 'scratch')
-        assert os.listdir(mnt) == ['RecycleBin']
+        assert os.listdir(mnt) == ['.snapshots', 'RecycleBin']
         (entry,) = recycled(mnt)
         assert os.pwrite(fd, second, 4096) == len(second)
         assert os.pread(fd, 20_000, 0) == first[:4096] + second

@@ -328,3 +328,15 @@ def test_nowait_write_that_must_allocate_changes_nothing(store: curvefuse.Store)
         vol.pwrite(b'y' * 4096, 0)  # allocates the chunk
         assert vol.handle.write(4096, b'z' * 4096, nowait=True) == 4096
         assert vol.pread(8192, 0) == b'y' * 4096 + b'z' * 4096
+
+
+def test_directory_entries_and_snapshot_children_are_both_answered(store: curvefuse.Store) -> None:
+    """The mount lists a directory by id while the snapshot API lists a snapshot's clones by
+    path: neither may shadow the other (one did, and every `ls` in the mount gave EINVAL)."""
+    engine = store._engine
+    store.create('/v', MiB)
+    store.snapshot('/v', 's', protect=True)
+    store.clone('/v', 's', '/c')
+    assert sorted(node.name for node in engine.dir_entries(engine.stat('/').id)) == \
+        ['RecycleBin', 'c', 'v']
+    assert engine.children('/v', 's') == ['/c']
