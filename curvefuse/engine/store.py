@@ -1020,6 +1020,22 @@ class Engine:
         """Disk used by the chunk files of the volume that the version `seq` reads."""
         return self.data.allocated_bytes(vol_id, seq)
 
+    def changed_chunks(self, path: str, since: str, until: str | None = None,
+                       user: str | None = None) -> list[int]:
+        """Indexes of the chunks written after snapshot `since` and up to snapshot `until` (or
+        to the volume's committed present): every chunk whose content differs between the two
+        is among them (rewriting the same bytes counts too). For incremental backups."""
+        check_snapshot_name(since)
+        if until is not None:
+            check_snapshot_name(until)
+        with self.meta.read() as txn:
+            node = self._volume(txn, path, user)
+            after = self._snapshot_record(txn, node, since, path).seq
+            upto = (node.seq if until is None
+                    else self._snapshot_record(txn, node, until, path).seq)
+            return sorted({idx for idx, seq, _chunk_id, _bits
+                           in self.meta.volume_chunks(txn, node.id) if after < seq <= upto})
+
     def children(self, path: str, name: str | None = None, user: str | None = None) -> list[str]:
         """Paths of the clones made from one snapshot of the volume, or from any of them."""
         if name is not None:
