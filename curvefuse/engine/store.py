@@ -31,7 +31,7 @@ from ..errors import (AccessError, BadHandleError, BadLengthError, BusyError, Ex
                       IsDirectoryError, NameTooLongError, NotDirectoryError, NotEmptyError,
                       NotFoundError, NotProtectedError, NotSupportedError, ProtectedError,
                       ReadOnlyError, ShrinkError, StorageError)
-from .chunks import ChunkStore
+from .chunks import ChunkStore, data_runs
 from .meta import (FIRST_USER_ID, FORMAT_VERSION, KIND_DIRECTORY, KIND_VOLUME, RECYCLE_ID,
                    ROOT_ID, U64, MetaStore, Node, decode_name, encode_name, map_key)
 from .opens import OpenRegistry
@@ -1221,7 +1221,8 @@ class Engine:
             for at in range(0, length, _COPY_PIECE):
                 data = self.data.read_resolved(source, at, min(_COPY_PIECE, length - at))
                 if data.count(0) != len(data):
-                    self.chunks.pwrite(entry, data, at)
+                    for start, end in data_runs(data, BLOCK_SIZE):  # holes stay holes
+                        self.chunks.pwrite(entry, data[start:end], at + start)
                     wrote = True
         finally:
             self.chunks.release(entry)

@@ -328,3 +328,21 @@ def test_nowait_write_that_must_allocate_changes_nothing(store: curvefuse.Store)
         vol.pwrite(b'y' * 4096, 0)  # allocates the chunk
         assert vol.handle.write(4096, b'z' * 4096, nowait=True) == 4096
         assert vol.pread(8192, 0) == b'y' * 4096 + b'z' * 4096
+
+
+def test_flatten_keeps_holes_holes(store: curvefuse.Store) -> None:
+    """A flattened clone uses the disk its source's data needs, not a MiB per scattered block."""
+    chunk = store.chunk_size
+    store.create('/v', 2 * chunk)
+    with store.open('/v', 'r+b') as vol:
+        vol.pwrite(b'a' * 4096, 8192)
+        vol.pwrite(b'b' * 4096, chunk + 2**20 + 4096)
+    store.snapshot('/v', 's', protect=True)
+    store.clone('/v', 's', '/c')
+    store.flatten('/c')
+    assert store.clone_state('/c') is None
+    assert store.allocated('/c') == 8192
+    with store.open('/c') as clone, store.open('/v') as source:
+        assert clone.read() == source.read()
+    store.remove('/c')
+    store.empty_recycle_bin()
