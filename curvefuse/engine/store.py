@@ -416,7 +416,9 @@ class Engine:
                 raise NotFoundError(f'no entry {name!r} in directory {parent_id}')
             return self._visible(self._node(txn, child_id))
 
-    def children(self, dir_id: int) -> list[Node]:
+    def dir_entries(self, dir_id: int) -> list[Node]:
+        """The nodes in a directory, by id, with no owner checks (the mount). Not `children`,
+        which lists a snapshot's clones."""
         with self.meta.read() as txn:
             if not self._node(txn, dir_id).is_dir:
                 raise NotDirectoryError(f'node {dir_id} is not a directory')

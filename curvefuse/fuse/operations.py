@@ -194,7 +194,7 @@ class CurveOperations(pyfuse3.Operations):
         # The listing is taken once per open: readdir offsets index into it, so they stay
         # stable while other doors change the directory.
         fh = self._new_fh()
-        self._dirs[fh] = self.engine.children(node_of(inode))
+        self._dirs[fh] = self.engine.dir_entries(node_of(inode))
         return fh
 
     @fuse_errors
