@@ -16,14 +16,16 @@ from __future__ import annotations
 import io
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from .engine import BLOCK_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_ROOT_PASSWORD, Engine, Node, VolumeHandle
+from .engine import (BLOCK_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_ROOT_PASSWORD, CloneState, Engine,
+                     Node, VolumeHandle)
 from .engine.fsck import FsckReport, fsck
 from .engine.meta import KIND_DIRECTORY
-from .engine.store import SnapshotInfo, split_snapshot_path
+from .engine.store import SnapshotInfo, check_snapshot_name, split_snapshot_path
 from .errors import (ExistsError, InvalidArgumentError, NotFoundError, OutOfRangeError,
                      ReadOnlyError)
 
@@ -40,6 +42,15 @@ def parse_size(size: int | str) -> int:
         if match:
             return int(match.group(1)) * _UNITS[match.group(2).lower()]
     raise InvalidArgumentError(f'not a size: {size!r} (use bytes or e.g. "10G", "512MiB")')
+
+
+def snapshot_spec(spec: str) -> tuple[str, str]:
+    """"/vol@snap" as (volume path, snapshot name); refused without "@snap"."""
+    volume, name = split_snapshot_path(spec)
+    if name is None:
+        raise InvalidArgumentError(f'{spec!r} names no snapshot (use VOLUME@SNAPSHOT)')
+    check_snapshot_name(name)
+    return volume, name
 
 
 @dataclass(frozen=True)
@@ -204,8 +215,11 @@ class Store:
         """Bytes of disk a volume uses (thin: only what was written)."""
         return self._engine.allocated_bytes(path, self.user)
 
-    def fsck(self, repair: bool = False) -> FsckReport:
-        return fsck(self._engine, repair)
+    def fsck(self, repair: bool = False,
+             progress: Callable[[int, int], None] | None = None) -> FsckReport:
+        """Check the store (see `curvefuse.engine.fsck`); progress(done, total) is called as
+        the chunk map's entries are checked."""
+        return fsck(self._engine, repair, progress)
 
     # -- snapshots and clones ---------------------------------------------------------------
 
@@ -252,6 +266,29 @@ class Store:
     def children(self, path: str, name: str | None = None) -> list[str]:
         """Paths of the clones of one snapshot of the volume, or of all its snapshots."""
         return self._engine.children(path, name, self.user)
+
+    def changed_since(self, path: str, snapshot: str,
+                      until: str | None = None) -> list[tuple[int, int]]:
+        """(offset, length) of the parts of the volume written after `snapshot`, up to snapshot
+        `until` or now (committed writes; whole chunks, within the newer version's length).
+        Every byte that differs lies in one of them; a resize is not counted."""
+        chunks = self._engine.changed_chunks(path, snapshot, until, self.user)
+        length = (self._engine.stat(path, self.user) if until is None else
+                  self._engine.get_snapshot(path, until, self.user)).length
+        size = self.chunk_size
+        return [(idx * size, min(size, length - idx * size)) for idx in chunks
+                if idx * size < length]
+
+    def clone_state(self, path: str) -> CloneState | None:
+        """Where a clone reads from and how its flatten stands; None for a volume that is not
+        (or no longer) a clone."""
+        return self._engine.clone_state(self._engine.stat(path, self.user).id)
+
+    def snapshot_allocated(self, path: str, name: str) -> int:
+        """Bytes of disk the snapshot reads from the volume's chunks (shared with the volume
+        and its other snapshots; a clone's reads from its source are not counted)."""
+        snap = self._engine.get_snapshot(path, name, self.user)
+        return self._engine.snapshot_allocated_bytes(snap.vol_id, snap.seq)
 
     # -- data -------------------------------------------------------------------------------
 

@@ -29,7 +29,8 @@ log = logging.getLogger('curvefuse')
 
 EXIT_USER_ERROR = 1
 COMMANDS = ('init', 'fsck', 'mount', 'umount', 'create', 'ls', 'info', 'resize', 'rm', 'mv',
-            'mkdir', 'rmdir', 'du', 'trash', 'import', 'export')
+            'mkdir', 'rmdir', 'du', 'trash', 'import', 'export', 'snap', 'clone', 'flatten',
+            'children', 'export-diff', 'import-diff')
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -41,8 +42,9 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _fsck(args: argparse.Namespace) -> int:
-    with open_store(args.data_dir) as store:
-        report = store.fsck(repair=args.repair)
+    with open_store(args.data_dir) as store, \
+            commands.progress_bar(args, None, 'fsck', unit=' mappings') as bar:
+        report = store.fsck(repair=args.repair, progress=commands.follow(bar))
     for line in report.corruption:
         print(f'corruption: {line}')
     for line in report.leaks:
@@ -105,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser('fsck', help='check a store; exit 0 clean, 2 corrupt, 3 leaks only')
     check.add_argument('data_dir', nargs='?', default=DEFAULT_DATA_DIR, metavar='DATA_DIR')
     check.add_argument('--repair', action='store_true', help='free leaked space')
+    check.add_argument('--no-progress', action='store_true', help='no progress bar')
     check.set_defaults(func=_fsck)
 
     mount = sub.add_parser('mount', help='mount a store as a file tree (returns once live)')
@@ -186,6 +189,53 @@ def _add_volume_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument('path')
     p.add_argument('dest')
     progress(p)
+    _add_snapshot_commands(sub, command, listing, progress)
+
+
+def _add_snapshot_commands(sub: argparse._SubParsersAction, command, listing, progress) -> None:
+    snap = sub.add_parser('snap', help='snapshots: create, ls, rm, protect, unprotect, rollback')
+    snap_sub = snap.add_subparsers(dest='snap_command', required=True, metavar='ACTION')
+    spec = {'metavar': 'VOLUME@SNAPSHOT'}
+    p = command('create', commands.snap_create, 'freeze a volume (instant)', snap_sub)
+    p.add_argument('snapshot', **spec)
+    p.add_argument('--protect', action='store_true', help='protect it at once (for clones)')
+    p = command('ls', commands.snap_ls, "a volume's snapshots, oldest first", snap_sub)
+    p.add_argument('path', metavar='VOLUME')
+    listing(p)
+    p = command('rm', commands.snap_rm, 'delete a snapshot, freeing what only it used',
+                snap_sub)
+    p.add_argument('snapshot', **spec)
+    p.add_argument('--force', action='store_true', help='unprotect it first')
+    p = command('protect', commands.snap_protect, 'allow clones; forbid deletion', snap_sub)
+    p.add_argument('snapshot', **spec)
+    p = command('unprotect', commands.snap_unprotect, 'undo protect (not while it has clones)',
+                snap_sub)
+    p.add_argument('snapshot', **spec)
+    p = command('rollback', commands.snap_rollback,
+                'give the volume the snapshot\'s content again (not while open)', snap_sub)
+    p.add_argument('snapshot', **spec)
+    p = command('clone', commands.clone, 'a new volume from a protected snapshot (instant)')
+    p.add_argument('snapshot', **spec)
+    p.add_argument('dest', metavar='DEST')
+    p.add_argument('--readonly', action='store_true', help='the clone refuses writes')
+    p = command('flatten', commands.flatten, 'copy what a clone still reads from its source')
+    p.add_argument('path', metavar='CLONE')
+    progress(p)
+    p = command('children', commands.children, 'the clones of a volume\'s snapshots')
+    p.add_argument('path', metavar='VOLUME[@SNAPSHOT]')
+    listing(p)
+    p = command('export-diff', commands.export_diff,
+                'what changed between two snapshots, for incremental backups (file or -)')
+    p.add_argument('snapshot', **spec)
+    p.add_argument('dest', metavar='FILE')
+    p.add_argument('--from-snap', metavar='SNAPSHOT',
+                   help='the older snapshot (default: everything, from nothing)')
+    progress(p)
+    p = command('import-diff', commands.import_diff,
+                'apply an export-diff (file or -) to a volume and take its snapshot there')
+    p.add_argument('source', metavar='FILE')
+    p.add_argument('path', metavar='VOLUME')
+    progress(p)
 
 
 def _on_store(func):
@@ -206,10 +256,15 @@ def main(args: list[str] | None = None) -> int:
     options = parser.parse_args(args)
     logging.basicConfig(level=logging.DEBUG if options.debug else logging.WARNING,
                         format='%(levelname)s %(name)s: %(message)s')
+    action = getattr(options, 'snap_command', None) or getattr(options, 'trash_command', None)
+    name = f'curvefuse {options.command}{" " + action if action else ""}'
     try:
         return options.func(options)
     except (EngineError, MountError) as exc:
-        print(f'curvefuse {options.command}: {exc}', file=sys.stderr)
+        print(f'{name}: {exc}', file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:  # a file named on the command line (the engine raises its own)
+        print(f'{name}: {exc.filename or "stdio"}: {exc.strerror or exc}', file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130

@@ -1,5 +1,6 @@
 """The rbd-like subcommands of `curvefuse` (create, ls, info, resize, rm, mv, mkdir, rmdir, du,
-trash, import, export), on the Pythonic API. Each takes the parsed arguments and an open store,
+trash, import, export, snap, clone, flatten, children, export-diff, import-diff), on the Pythonic
+API. Each takes the parsed arguments and an open store,
 prints its result and returns the exit code; errors are raised as engine errors and reported by
 `cli.main` in one line.
 """
@@ -11,15 +12,20 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, BinaryIO
 
 from tqdm import tqdm
 
-from .api import Entry, Store, parse_size
-from .engine import BLOCK_SIZE, RECYCLE_NAME
-from .errors import InvalidArgumentError, NotFoundError
+from . import diff
+from .api import Entry, Store, parse_size, snapshot_spec
+from .engine import BLOCK_SIZE, RECYCLE_NAME, CloneState
+from .engine.chunks import data_runs
+from .engine.store import split_snapshot_path
+from .errors import EngineError, InvalidArgumentError, NotFoundError, ProtectedError
 
 COPY_BLOCK = 2**20  # bytes per read/write in import and export
 
@@ -38,17 +44,40 @@ def _join(parent: str, name: str) -> str:
 
 def describe(store: Store, entry: Entry, path: str) -> dict[str, Any]:
     """What ls -l, info and --format json show of an entry."""
+    clone = None if entry.is_dir else store.clone_state(path)
     info: dict[str, Any] = {
         'path': path, 'name': entry.name, 'id': entry.id,
         'type': 'directory' if entry.is_dir else 'volume', 'owner': entry.owner,
-        'status': entry.status, 'created': entry.created.isoformat(),
+        'status': _status(clone), 'created': entry.created.isoformat(),
         'modified': entry.modified.isoformat()}
     if not entry.is_dir:
         info['length'] = entry.length
         info['allocated'] = store.allocated(path)
+    if clone is not None:
+        info.update(parent=f'{clone.source_path}@{clone.snapshot}', readonly=clone.readonly,
+                    progress=clone.progress)
     if entry.original_path is not None:
         info['original_path'] = entry.original_path
     return info
+
+
+def _status(clone: CloneState | None) -> str:
+    """ok, clone (it reads through to its source snapshot) or flattening."""
+    if clone is None:
+        return 'ok'
+    return 'flattening' if clone.flattening else 'clone'
+
+
+def _cell(row: dict[str, Any], column: str) -> str:
+    value = row.get(column, '-')
+    if column in ('length', 'allocated') and column in row:
+        return human(value)
+    if column == 'status' and 'parent' in row:  # a clone: ro, and how far its flatten is
+        return value + ('-ro' if row['readonly'] else '') + \
+            (f'({row["progress"]}%)' if value == 'flattening' else '')
+    if isinstance(value, bool):
+        return 'yes' if value else 'no'
+    return str(value)
 
 
 def _print(args: argparse.Namespace, rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -57,9 +86,7 @@ def _print(args: argparse.Namespace, rows: list[dict[str, Any]], columns: list[s
         print()
         return
     for row in rows:
-        cells = [human(row[c]) if c in ('length', 'allocated') and c in row else
-                 str(row.get(c, '-')) for c in columns]
-        print('  '.join(cells))
+        print('  '.join(_cell(row, column) for column in columns))
 
 
 def create(args: argparse.Namespace, store: Store) -> int:
@@ -130,11 +157,21 @@ def _walk_volumes(store: Store, path: str) -> Iterator[str]:
 
 
 def du(args: argparse.Namespace, store: Store) -> int:
-    rows = [{'path': path, 'length': store.stat(path).length, 'allocated': store.allocated(path)}
-            for path in _walk_volumes(store, args.path)]
+    """A row per volume (allocated: what it and its snapshots use) and, after it, a row per
+    snapshot (allocated: what that snapshot reads); the total counts the volumes."""
+    rows = []
+    total = {'path': 'total', 'length': 0, 'allocated': 0}
+    for path in _walk_volumes(store, args.path):
+        row = {'path': path, 'length': store.stat(path).length,
+               'allocated': store.allocated(path)}
+        rows.append(row)
+        total['length'] += row['length']
+        total['allocated'] += row['allocated']
+        rows += [{'path': snap.path, 'length': snap.length,
+                  'allocated': store.snapshot_allocated(path, snap.name)}
+                 for snap in store.snapshots(path)]
     if args.format != 'json':
-        rows.append({'path': 'total', 'length': sum(r['length'] for r in rows),
-                     'allocated': sum(r['allocated'] for r in rows)})
+        rows.append(total)
     _print(args, rows, ['allocated', 'length', 'path'])
     return 0
 
@@ -186,67 +223,82 @@ def trash_purge(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
-def data_runs(data: bytes) -> Iterator[tuple[int, int]]:
-    """[start, end) of the runs of 4 KiB blocks in data that are not all zeros: what a sparse
-    copy must write."""
-    view = memoryview(data)
-    start = None
-    for pos in range(0, len(data), BLOCK_SIZE):
-        block = view[pos:pos + BLOCK_SIZE]
-        if block.tobytes().count(0) == len(block):
-            if start is not None:
-                yield start, pos
-                start = None
-        elif start is None:
-            start = pos
-    if start is not None:
-        yield start, len(data)
+def progress_bar(args: argparse.Namespace, total: int | None, what: str,
+                 unit: str = 'B') -> tqdm:
+    """A bar on stderr; none with --no-progress or when stderr is not a terminal."""
+    percent = {'bar_format': '{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]'}
+    return tqdm(total=total, unit=unit, unit_scale=unit == 'B', unit_divisor=1024, desc=what,
+                disable=args.no_progress or not sys.stderr.isatty(), file=sys.stderr,
+                **(percent if unit == '%' else {}))
 
 
-def _progress(args: argparse.Namespace, total: int, what: str) -> tqdm:
-    return tqdm(total=total, unit='B', unit_scale=True, unit_divisor=1024, desc=what,
-                disable=args.no_progress or not sys.stderr.isatty(), file=sys.stderr)
+def follow(bar: tqdm) -> Callable[[int, int], None]:
+    """A progress(done, total) callback that moves the bar."""
+    def moved(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+    return moved
+
+
+@contextmanager
+def _output(dest: str) -> Iterator[BinaryIO]:
+    """The file dest ('-': stdout), removed again if the command fails half-way."""
+    if dest == '-':
+        try:
+            yield sys.stdout.buffer
+        finally:
+            sys.stdout.buffer.flush()
+        return
+    out = open(dest, 'wb')
+    try:
+        with out:
+            yield out
+    except BaseException:
+        os.unlink(dest)
+        raise
+
+
+@contextmanager
+def _input(source: str) -> Iterator[BinaryIO]:
+    """The file source ('-': stdin)."""
+    if source == '-':
+        yield sys.stdin.buffer
+    else:
+        with open(source, 'rb') as src:
+            yield src
 
 
 def export(args: argparse.Namespace, store: Store) -> int:
     """A raw image of the volume; into a file, the volume's holes stay holes."""
-    with store.open(args.path) as vol:
+    to_stdout = args.dest == '-'
+    with store.open(args.path) as vol, _output(args.dest) as out:
         size = vol.size
-        to_stdout = args.dest == '-'
-        out: BinaryIO = sys.stdout.buffer if to_stdout else open(args.dest, 'wb')
-        try:
-            with _progress(args, size, 'export') as bar:
-                for offset in range(0, size, COPY_BLOCK):
-                    data = vol.pread(COPY_BLOCK, offset)
-                    if to_stdout:
-                        out.write(data)
-                    elif data.count(0) != len(data):
-                        for start, end in data_runs(data):
-                            out.seek(offset + start)
-                            out.write(data[start:end])
-                    bar.update(len(data))
-            if not to_stdout:
-                out.truncate(size)
-        finally:
-            if to_stdout:
-                out.flush()
-            else:
-                out.close()
+        with progress_bar(args, size, 'export') as bar:
+            for offset in range(0, size, COPY_BLOCK):
+                data = vol.pread(COPY_BLOCK, offset)
+                if to_stdout:
+                    out.write(data)
+                elif data.count(0) != len(data):
+                    for start, end in data_runs(data):
+                        out.seek(offset + start)
+                        out.write(data[start:end])
+                bar.update(len(data))
+        if not to_stdout:
+            out.truncate(size)
     return 0
 
 
 def import_(args: argparse.Namespace, store: Store) -> int:
     """A raw image into a new volume; zero blocks are not written, so they stay unallocated.
     The length is the image's, rounded up to a multiple of 4 KiB."""
-    from_stdin = args.source == '-'
-    if from_stdin and not args.size:
+    if args.source == '-' and not args.size:
         raise InvalidArgumentError('importing from stdin needs --size')
-    src: BinaryIO = sys.stdin.buffer if from_stdin else open(args.source, 'rb')
-    try:
+    with _input(args.source) as src:
         size = parse_size(args.size) if args.size else os.fstat(src.fileno()).st_size
         length = max(BLOCK_SIZE, -(-size // BLOCK_SIZE) * BLOCK_SIZE)
         store.create(args.path, length)
-        with store.open(args.path, 'r+b') as vol, _progress(args, size, 'import') as bar:
+        with store.open(args.path, 'r+b') as vol, progress_bar(args, size, 'import') as bar:
             offset = 0
             while offset < size:
                 data = src.read(min(COPY_BLOCK, size - offset))
@@ -257,7 +309,101 @@ def import_(args: argparse.Namespace, store: Store) -> int:
                         vol.pwrite(data[start:end], offset + start)
                 offset += len(data)
                 bar.update(len(data))
-    finally:
-        if not from_stdin:
-            src.close()
+    return 0
+
+
+# -- snapshots and clones ---------------------------------------------------------------------
+
+def snap_create(args: argparse.Namespace, store: Store) -> int:
+    store.snapshot(*snapshot_spec(args.snapshot), protect=args.protect)
+    return 0
+
+
+def snap_ls(args: argparse.Namespace, store: Store) -> int:
+    rows = [{'name': snap.name, 'uuid': snap.uuid, 'length': snap.length,
+             'allocated': store.snapshot_allocated(args.path, snap.name),
+             'protected': snap.protected, 'clones': snap.clones,
+             'created': snap.created.isoformat()} for snap in store.snapshots(args.path)]
+    _print(args, rows, ['name', 'length', 'allocated', 'protected', 'clones', 'created'])
+    return 0
+
+
+def snap_rm(args: argparse.Namespace, store: Store) -> int:
+    """A protected snapshot needs --force (which unprotects it); one with clones is refused."""
+    volume, name = snapshot_spec(args.snapshot)
+    try:
+        store.delete_snapshot(volume, name, unprotect=args.force)
+    except ProtectedError:
+        raise ProtectedError(f'{args.snapshot} is protected; unprotect it first, or use '
+                             '--force') from None
+    return 0
+
+
+def snap_protect(args: argparse.Namespace, store: Store) -> int:
+    store.protect(*snapshot_spec(args.snapshot))
+    return 0
+
+
+def snap_unprotect(args: argparse.Namespace, store: Store) -> int:
+    store.unprotect(*snapshot_spec(args.snapshot))
+    return 0
+
+
+def snap_rollback(args: argparse.Namespace, store: Store) -> int:
+    store.rollback(*snapshot_spec(args.snapshot))
+    return 0
+
+
+def clone(args: argparse.Namespace, store: Store) -> int:
+    volume, name = snapshot_spec(args.snapshot)
+    store.clone(volume, name, args.dest, readonly=args.readonly)
+    return 0
+
+
+def flatten(args: argparse.Namespace, store: Store) -> int:
+    """Flatten in the foreground (the engine copies in a background thread; a bar follows
+    Store.flatten_progress). Interrupted, it resumes at the next flatten or mount."""
+    with progress_bar(args, 100, 'flatten', unit='%') as bar:
+        done = threading.Event()
+
+        def show_progress() -> None:
+            try:
+                while not done.wait(0.2):
+                    bar.update(store.flatten_progress(args.path) - bar.n)
+            except EngineError:  # the clone went away meanwhile: flatten says why
+                pass
+
+        watcher = threading.Thread(target=show_progress, name='flatten-progress', daemon=True)
+        if not bar.disable:
+            watcher.start()
+        try:
+            store.flatten(args.path, wait=True)
+        finally:
+            done.set()
+            if watcher.is_alive():
+                watcher.join()
+        bar.update(100 - bar.n)
+    return 0
+
+
+def children(args: argparse.Namespace, store: Store) -> int:
+    volume, name = split_snapshot_path(args.path)
+    names = [snap.name for snap in store.snapshots(volume)] if name is None else [name]
+    rows = [{'path': path, 'parent': f'{volume}@{snap}'}
+            for snap in names for path in store.children(volume, snap)]
+    _print(args, rows, ['path', 'parent'])
+    return 0
+
+
+# -- incremental backups ----------------------------------------------------------------------
+
+def export_diff(args: argparse.Namespace, store: Store) -> int:
+    with _output(args.dest) as out, progress_bar(args, None, 'export-diff') as bar:
+        diff.export_diff(store, args.snapshot, out, args.from_snap, follow(bar))
+    return 0
+
+
+def import_diff(args: argparse.Namespace, store: Store) -> int:
+    with _input(args.source) as src, progress_bar(args, None, 'import-diff') as bar:
+        diff.import_diff(store, src, args.path, follow(bar))
     return 0

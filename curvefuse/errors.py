@@ -131,6 +131,11 @@ class NameTooLongError(InvalidArgumentError):
     """A path component is longer than 255 bytes."""
 
 
+class BadDiffError(InvalidArgumentError):
+    """An incremental-backup stream (import-diff) that is not one, is damaged, or does not fit
+    the volume it is applied to."""
+
+
 class BadLengthError(EngineError):
     """A volume length outside the store's rule (alignment or maximum)."""
 

@@ -36,6 +36,22 @@ class ChunkGone(StorageError):
     process); the caller looks the mapping up again."""
 
 
+def data_runs(data: bytes, block: int = 4096) -> Iterator[tuple[int, int]]:
+    """[start, end) of the runs of blocks in data that are not all zeros: what a sparse copy
+    must write (the rest stays a hole)."""
+    zero = bytes(block)
+    start = None
+    for pos in range(0, len(data), block):
+        if data[pos:pos + block] == zero[:min(block, len(data) - pos)]:
+            if start is not None:
+                yield start, pos
+                start = None
+        elif start is None:
+            start = pos
+    if start is not None:
+        yield start, len(data)
+
+
 def storage_error(exc: OSError, what: str) -> Exception:
     """Turn an OSError from the disk into the engine's error for it."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):

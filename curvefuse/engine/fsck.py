@@ -60,11 +60,16 @@ class FsckReport:
                 f'snapshots, {self.chunks} chunks: {state}' + (f'; repaired {len(self.repaired)}' if self.repaired else ''))
 
 
+#: progress(done, total): chunk map entries checked so far, of all of them
+Progress = Callable[[int, int], None]
+
+
 class _Checker:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, progress: Progress | None = None):
         self.engine = engine
         self.meta = engine.meta
         self.report = FsckReport()
+        self.progress = progress
 
     def run(self, repair: bool) -> FsckReport:
         with self.meta.read() as txn:
@@ -137,7 +142,10 @@ class _Checker:
         """Check every mapping; returns chunk id -> a description of its one user."""
         referenced: dict[int, str] = {}
         size = self.engine.chunk_size
-        for key, value in self.meta.iter_db(txn, 'chunkmap'):
+        total = txn.stat(self.meta.db['chunkmap'])['entries']
+        for done, (key, value) in enumerate(self.meta.iter_db(txn, 'chunkmap')):
+            if self.progress is not None:
+                self.progress(done, total)
             vol, idx, seq = decode_map_key(key)
             where = f'volume {vol} chunk {idx} (seq {seq})'
             if len(value) not in (U64.size, U64.size + self.engine.data.bitmap_bytes):
@@ -165,6 +173,8 @@ class _Checker:
                     self._corrupt(f'{where}: chunk file {chunk_id:x} is missing')
             elif file_size > size:
                 self._corrupt(f'{where}: chunk file {chunk_id:x} is longer than a chunk')
+        if self.progress is not None:
+            self.progress(total, total)
         return referenced
 
     def _check_snapshots(self, txn: lmdb.Transaction, nodes: dict[int, Node]) -> None:
@@ -250,7 +260,8 @@ class _Checker:
                 self.report.leaks.append(message)
 
 
-def fsck(engine: Engine, repair: bool = False) -> FsckReport:
-    """Check the store behind `engine`; with repair, free the leaks found."""
-    return _Checker(engine).run(repair)
+def fsck(engine: Engine, repair: bool = False, progress: Progress | None = None) -> FsckReport:
+    """Check the store behind `engine`; with repair, free the leaks found. progress, if given,
+    is told how far the check of the chunk map (the bulk of the work) has come."""
+    return _Checker(engine, progress).run(repair)
 

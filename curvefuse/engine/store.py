@@ -31,7 +31,7 @@ from ..errors import (AccessError, BadHandleError, BadLengthError, BusyError, Ex
                       IsDirectoryError, NameTooLongError, NotDirectoryError, NotEmptyError,
                       NotFoundError, NotProtectedError, NotSupportedError, ProtectedError,
                       ReadOnlyError, ShrinkError, StorageError)
-from .chunks import ChunkStore
+from .chunks import ChunkStore, data_runs
 from .meta import (FIRST_USER_ID, FORMAT_VERSION, KIND_DIRECTORY, KIND_VOLUME, RECYCLE_ID,
                    ROOT_ID, U64, MetaStore, Node, decode_name, encode_name, map_key)
 from .opens import OpenRegistry
@@ -1022,6 +1022,22 @@ class Engine:
         """Disk used by the chunk files of the volume that the version `seq` reads."""
         return self.data.allocated_bytes(vol_id, seq)
 
+    def changed_chunks(self, path: str, since: str, until: str | None = None,
+                       user: str | None = None) -> list[int]:
+        """Indexes of the chunks written after snapshot `since` and up to snapshot `until` (or
+        to the volume's committed present): every chunk whose content differs between the two
+        is among them (rewriting the same bytes counts too). For incremental backups."""
+        check_snapshot_name(since)
+        if until is not None:
+            check_snapshot_name(until)
+        with self.meta.read() as txn:
+            node = self._volume(txn, path, user)
+            after = self._snapshot_record(txn, node, since, path).seq
+            upto = (node.seq if until is None
+                    else self._snapshot_record(txn, node, until, path).seq)
+            return sorted({idx for idx, seq, _chunk_id, _bits
+                           in self.meta.volume_chunks(txn, node.id) if after < seq <= upto})
+
     def children(self, path: str, name: str | None = None, user: str | None = None) -> list[str]:
         """Paths of the clones made from one snapshot of the volume, or from any of them."""
         if name is not None:
@@ -1207,7 +1223,8 @@ class Engine:
             for at in range(0, length, _COPY_PIECE):
                 data = self.data.read_resolved(source, at, min(_COPY_PIECE, length - at))
                 if data.count(0) != len(data):
-                    self.chunks.pwrite(entry, data, at)
+                    for start, end in data_runs(data, BLOCK_SIZE):  # holes stay holes
+                        self.chunks.pwrite(entry, data[start:end], at + start)
                     wrote = True
         finally:
             self.chunks.release(entry)

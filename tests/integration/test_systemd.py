@@ -1,4 +1,5 @@
-"""systemd: the unit file is valid, and the daemon speaks the notify protocol (Type=notify)."""
+"""systemd: the unit files are valid, and the mount daemon speaks the notify protocol
+(Type=notify)."""
 
 from __future__ import annotations
 
@@ -14,20 +15,25 @@ import pytest
 
 from .helpers import Daemon
 
-UNIT = Path(__file__).resolve().parents[2] / 'systemd' / 'curvefuse@.service'
+UNITS = Path(__file__).resolve().parents[2] / 'systemd'
 
 
 @pytest.mark.skipif(shutil.which('systemd-analyze') is None, reason='needs systemd-analyze')
-def test_unit_file_verifies(tmp_path: Path) -> None:
+@pytest.mark.parametrize('template, instance, kind', [
+    ('curvefuse@.service', 'mnt-test', 'Type=notify'),
+    ('curvefuse-rest@.service', 'var-lib-curvefuse', 'Type=simple'),
+])
+def test_unit_file_verifies(tmp_path: Path, template: str, instance: str, kind: str) -> None:
     """systemd-analyze verify finds nothing wrong (with the command where this checkout has it)."""
     curvefuse = Path(sys.executable).with_name('curvefuse')
-    unit = tmp_path / 'curvefuse@mnt-test.service'
-    unit.write_text(UNIT.read_text().replace('/usr/local/bin/curvefuse', str(curvefuse)))
+    unit = tmp_path / template.replace('@', '@' + instance)
+    unit.write_text((UNITS / template).read_text().replace('/usr/local/bin/curvefuse',
+                                                           str(curvefuse)))
     result = subprocess.run(['systemd-analyze', 'verify', '--man=no', str(unit)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == ''
-    assert 'Type=notify' in unit.read_text()
+    assert kind in unit.read_text()
 
 
 def receive(sock: socket.socket) -> str:

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import pty
+import re
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import pytest
+
+import curvefuse
+
+from ..util import assert_store_clean
 
 MiB = 2**20
 GiB = 2**30
@@ -138,6 +147,18 @@ def test_import_from_stdin_and_export_to_stdout(cli) -> None:
     (['info', '/missing'], 'no such file or directory'),
     (['mkdir', '/a/b/c'], 'no such directory'),
     (['export', '/missing', '-'], 'no such file or directory'),
+    (['import', '/no/such/image', '/v'], '/no/such/image: No such file or directory'),
+    (['import-diff', '/no/such/diff', '/v'], '/no/such/diff: No such file or directory'),
+    (['import-diff', os.devnull, '/v'], 'not a curvefuse diff'),
+    (['export-diff', '/missing@s', '-'], 'no such file or directory'),
+    (['export-diff', '/missing@s', '/no/such/dir/x'], '/no/such/dir/x: No such file'),
+    (['snap', 'ls', '/missing'], 'curvefuse snap ls: /missing: no such file or directory'),
+    (['snap', 'protect', '/missing@s'], 'no such file or directory'),
+    (['snap', 'rm', '/missing'], 'curvefuse snap rm: \'/missing\' names no snapshot'),
+    (['clone', '/missing', '/c'], 'use VOLUME@SNAPSHOT'),
+    (['clone', '/missing@s', '/c'], 'no such file or directory'),
+    (['children', '/missing'], 'no such file or directory'),
+    (['flatten', '/'], 'is a directory'),
 ])
 def test_user_errors_are_one_line(cli, args: list[str], message: str) -> None:
     result = cli(*args, check=False)
@@ -145,3 +166,189 @@ def test_user_errors_are_one_line(cli, args: list[str], message: str) -> None:
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert 'Traceback' not in result.stderr
+
+
+def one_line_error(result: subprocess.CompletedProcess, message: str) -> None:
+    """A user error: exit 1 and one line on stderr naming the problem, no traceback."""
+    stderr = result.stderr if isinstance(result.stderr, str) else result.stderr.decode()
+    assert result.returncode == 1, stderr
+    assert message in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+
+
+def write(data_dir: Path, path: str, data: bytes, offset: int = 0) -> None:
+    """Write into a volume as another program would (through the Python API, then closed)."""
+    with curvefuse.open_store(str(data_dir)) as store, store.open(path, 'r+b') as vol:
+        vol.pwrite(data, offset)
+
+
+def test_snap_create_ls_protect_rm_rollback(cli, data_dir: Path) -> None:
+    cli('create', '/v', '-s', '8K')
+    write(data_dir, '/v', b'first')
+    cli('snap', 'create', '/v@s1')
+    cli('snap', 'create', '/v@s2', '--protect')
+    one_line_error(cli('snap', 'create', '/v@s1', check=False), "already has a snapshot 's1'")
+    one_line_error(cli('snap', 'create', '/v', check=False), 'use VOLUME@SNAPSHOT')
+    rows = json.loads(cli('snap', 'ls', '/v', '--format', 'json').stdout)
+    assert [(r['name'], r['protected'], r['clones'], r['length'], r['allocated'])
+            for r in rows] == [('s1', False, 0, 8192, 4096), ('s2', True, 0, 8192, 4096)]
+    assert [line.split()[:6] for line in cli('snap', 'ls', '/v').stdout.splitlines()] == \
+        [['s1', '8.0', 'KiB', '4.0', 'KiB', 'no'], ['s2', '8.0', 'KiB', '4.0', 'KiB', 'yes']]
+    one_line_error(cli('snap', 'rm', '/v@s2', check=False),
+                   'curvefuse snap rm: /v@s2 is protected; unprotect it first, or use --force')
+    cli('snap', 'unprotect', '/v@s2')
+    cli('snap', 'protect', '/v@s2')
+    cli('snap', 'rm', '/v@s2', '--force')
+    write(data_dir, '/v', b'second')
+    one_line_error(cli('snap', 'rollback', '/v@nothing', check=False), "no snapshot 'nothing'")
+    cli('snap', 'rollback', '/v@s1')
+    assert cli('export', '/v', '-', text=False).stdout == b'first'.ljust(8192, b'\0')
+    cli('snap', 'rm', '/v@s1')
+    assert json.loads(cli('snap', 'ls', '/v', '--format', 'json').stdout) == []
+
+
+def test_clone_children_flatten_and_their_status(cli, data_dir: Path) -> None:
+    cli('create', '/v', '-s', '64M')
+    write(data_dir, '/v', b'gold' * 1024, 20 * MiB)
+    cli('snap', 'create', '/v@s1')
+    one_line_error(cli('clone', '/v@s1', '/c', check=False), 'not protected')
+    cli('snap', 'protect', '/v@s1')
+    cli('clone', '/v@s1', '/c')
+    cli('clone', '/v@s1', '/ro', '--readonly')
+    one_line_error(cli('clone', '/v@s1', '/c', check=False), '/c exists')
+    statuses = {line.split()[-1]: line.split()[-3] for line in cli('ls', '-l').stdout.splitlines()}
+    assert statuses == {'RecycleBin': 'ok', 'c': 'clone', 'ro': 'clone-ro', 'v': 'ok'}
+    info = json.loads(cli('info', '/c', '--format', 'json').stdout)
+    assert (info['status'], info['parent'], info['readonly'], info['progress']) == \
+        ('clone', '/v@s1', False, 0)
+    assert cli('children', '/v').stdout.split() == ['/c', '/v@s1', '/ro', '/v@s1']
+    assert json.loads(cli('children', '/v@s1', '--format', 'json').stdout) == \
+        [{'path': '/c', 'parent': '/v@s1'}, {'path': '/ro', 'parent': '/v@s1'}]
+    one_line_error(cli('snap', 'unprotect', '/v@s1', check=False), 'has clones: /c, /ro')
+    du = json.loads(cli('du', '--format', 'json').stdout)
+    assert [(row['path'], row['allocated']) for row in du] == \
+        [('/c', 0), ('/ro', 0), ('/v', 4096), ('/v@s1', 4096)]
+    flattened = cli('flatten', '/c')  # not a terminal: no progress bar
+    assert flattened.stdout == flattened.stderr == ''
+    info = json.loads(cli('info', '/c', '--format', 'json').stdout)
+    assert info['status'] == 'ok' and info['allocated'] == 4096 and 'parent' not in info
+    assert cli('export', '/c', '-', text=False).stdout[20 * MiB:20 * MiB + 4096] == b'gold' * 1024
+    assert cli('children', '/v').stdout.split() == ['/ro', '/v@s1']
+    one_line_error(cli('flatten', '/missing', check=False), 'no such file')
+    cli('rm', '/ro')
+    cli('trash', 'purge')
+    assert cli('children', '/v', '--format', 'json').stdout.strip() == '[]'
+
+
+def volume_sha256(cli, spec: str, *options: str) -> str:
+    return hashlib.sha256(cli(*options, 'export', spec, '-', text=False).stdout).hexdigest()
+
+
+@pytest.fixture
+def backup_chain(cli, data_dir: Path, tmp_path: Path) -> tuple[list[Path], dict[str, str]]:
+    """A volume with snapshots s1, s2, s3 (data written, overwritten, zeroed, and a grow in
+    between), exported as a full diff of s1 and diffs s1->s2 and s2->s3; returns the diff
+    files and each snapshot's sha256."""
+    cli('create', '/vol', '-s', '48M')
+    write(data_dir, '/vol', os.urandom(3 * MiB), 5 * MiB)
+    write(data_dir, '/vol', b'end', 48 * MiB - 3)
+    cli('snap', 'create', '/vol@s1')
+    write(data_dir, '/vol', os.urandom(5000), 6 * MiB + 1)
+    write(data_dir, '/vol', bytes(MiB), 7 * MiB)
+    cli('snap', 'create', '/vol@s2')
+    cli('resize', '/vol', '-s', '64M')
+    write(data_dir, '/vol', b'grown', 60 * MiB)
+    write(data_dir, '/vol', os.urandom(4096), 0)
+    cli('snap', 'create', '/vol@s3')
+    diffs = [tmp_path / 'full-s1.diff', tmp_path / 's1-s2.diff', tmp_path / 's2-s3.diff']
+    cli('export-diff', '/vol@s1', str(diffs[0]))
+    cli('export-diff', '/vol@s2', '--from-snap', 's1', str(diffs[1]))
+    diffs[2].write_bytes(cli('export-diff', '/vol@s3', '--from-snap', 's2', '-',
+                             text=False).stdout)
+    digests = {name: volume_sha256(cli, f'/vol@{name}') for name in ('s1', 's2', 's3')}
+    return diffs, digests
+
+
+def test_incremental_backup_chain_restores_the_right_bytes(cli, backup_chain,
+                                                           tmp_path: Path) -> None:
+    diffs, digests = backup_chain
+    assert diffs[1].stat().st_size < 2 * MiB  # just what changed, not the whole volume
+    cli('init', str(tmp_path / 'restored'))
+    restore = ['-d', str(tmp_path / 'restored')]
+    cli(*restore, 'import-diff', str(diffs[0]), '/copy')
+    cli(*restore, 'import-diff', str(diffs[1]), '/copy')
+    cli(*restore, 'import-diff', '-', '/copy', input=diffs[2].read_bytes())
+    assert {name: volume_sha256(cli, f'/copy@{name}', *restore)
+            for name in ('s1', 's2', 's3')} == digests
+    assert volume_sha256(cli, '/copy', *restore) == digests['s3']
+    assert json.loads(cli(*restore, 'info', '/copy', '--format', 'json').stdout)['length'] == \
+        64 * MiB
+    assert_store_clean(tmp_path / 'restored')
+
+
+def test_a_damaged_or_misplaced_diff_is_refused_and_changes_nothing(
+        cli, backup_chain, data_dir: Path, tmp_path: Path) -> None:
+    diffs, digests = backup_chain
+    cli('import-diff', str(diffs[0]), '/copy')
+    good = diffs[1].read_bytes()
+    for at, message in [(20, 'damaged (its header)'), (len(good) // 2, 'damaged'),
+                        (len(good) - 40, 'its SHA-256 does not match')]:
+        bad = bytearray(good)
+        bad[at] ^= 0x40
+        (tmp_path / 'bad.diff').write_bytes(bad)
+        one_line_error(cli('import-diff', str(tmp_path / 'bad.diff'), '/copy', check=False),
+                       message)
+        assert volume_sha256(cli, '/copy') == digests['s1'], at
+        assert [r['name'] for r in json.loads(cli('snap', 'ls', '/copy', '--format',
+                                                  'json').stdout)] == ['s1']
+    one_line_error(cli('import-diff', '-', '/copy', input=good[:-100], check=False),
+                   'truncated')
+    one_line_error(cli('import-diff', str(diffs[0]), '/copy', check=False), '/copy exists')
+    one_line_error(cli('import-diff', str(diffs[2]), '/copy', check=False), "no snapshot 's2'")
+    write(data_dir, '/copy', b'meddled')
+    one_line_error(cli('import-diff', str(diffs[1]), '/copy', check=False),
+                   "changed since 's1'; roll it back first")
+    cli('snap', 'rollback', '/copy@s1')
+    cli('import-diff', str(diffs[1]), '/copy')
+    assert volume_sha256(cli, '/copy') == digests['s2']
+    one_line_error(cli('export-diff', '/vol@s1', '--from-snap', 's2', '-', check=False),
+                   "'s2' is not older than 's1'")
+    one_line_error(cli('export-diff', '/vol', str(tmp_path / 'x.diff'), check=False),
+                   'use VOLUME@SNAPSHOT')
+    assert not (tmp_path / 'x.diff').exists()
+
+
+def on_a_terminal(data_dir: Path, *args: str) -> str:
+    """Run `curvefuse -d DATA_DIR ARGS` with stderr on a pseudo-terminal (100 columns); returns
+    what it wrote there."""
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 100, 0, 0))
+    try:
+        proc = subprocess.Popen([sys.executable, '-m', 'curvefuse.cli', '-d', str(data_dir),
+                                 *args], stdout=subprocess.DEVNULL, stderr=terminal)
+    finally:
+        os.close(terminal)
+    shown = b''
+    try:
+        while chunk := os.read(controller, 4096):
+            shown += chunk
+    except OSError:  # EIO: the process closed the terminal
+        pass
+    finally:
+        os.close(controller)
+    assert proc.wait(timeout=60) in (0, 1), shown
+    return shown.decode()
+
+
+def test_progress_bars_on_a_terminal_only(cli, data_dir: Path) -> None:
+    cli('create', '/v', '-s', '16M')
+    write(data_dir, '/v', b'x' * 4096)
+    cli('snap', 'create', '/v@s', '--protect')
+    cli('clone', '/v@s', '/c1')
+    cli('clone', '/v@s', '/c2')
+    assert re.search(r'flatten: 100%\|█+\|', on_a_terminal(data_dir, 'flatten', '/c1'))
+    assert on_a_terminal(data_dir, 'flatten', '/c2', '--no-progress') == ''
+    assert re.search(r'fsck: 100%\|█+\| 3/3', on_a_terminal(data_dir, 'fsck', str(data_dir)))
+    assert on_a_terminal(data_dir, 'fsck', str(data_dir), '--no-progress') == ''
+    assert cli('fsck', str(data_dir)).stderr == ''  # not a terminal
+    assert 'export-diff: 100%' in on_a_terminal(data_dir, 'export-diff', '/v@s', os.devnull)

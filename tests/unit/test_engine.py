@@ -340,3 +340,21 @@ def test_directory_entries_and_snapshot_children_are_both_answered(store: curvef
     assert sorted(node.name for node in engine.dir_entries(engine.stat('/').id)) == \
         ['RecycleBin', 'c', 'v']
     assert engine.children('/v', 's') == ['/c']
+
+
+def test_flatten_keeps_holes_holes(store: curvefuse.Store) -> None:
+    """A flattened clone uses the disk its source's data needs, not a MiB per scattered block."""
+    chunk = store.chunk_size
+    store.create('/v', 2 * chunk)
+    with store.open('/v', 'r+b') as vol:
+        vol.pwrite(b'a' * 4096, 8192)
+        vol.pwrite(b'b' * 4096, chunk + 2**20 + 4096)
+    store.snapshot('/v', 's', protect=True)
+    store.clone('/v', 's', '/c')
+    store.flatten('/c')
+    assert store.clone_state('/c') is None
+    assert store.allocated('/c') == 8192
+    with store.open('/c') as clone, store.open('/v') as source:
+        assert clone.read() == source.read()
+    store.remove('/c')
+    store.empty_recycle_bin()

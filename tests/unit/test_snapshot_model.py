@@ -162,6 +162,21 @@ class SnapshotModel(RuleBasedStateMachine):
         del self.content[path]
         return multiple()
 
+    @rule(snap=snapshots)
+    def changed_chunks_cover_differences(self, snap):
+        """What incremental backups rely on: every chunk whose bytes differ between a snapshot
+        and a newer version (snapshot or flushed volume) is among the changed chunks."""
+        path, name = snap
+        self._handle(path).flush()
+        newer = self.order[path][self.order[path].index(name) + 1:]
+        versions = [(other, self.frozen[(path, other)]) for other in newer]
+        for until, content in versions + [(None, bytes(self.content[path]))]:
+            changed = set(self.engine.changed_chunks(path, name, until))
+            differing = {idx for idx in range(LENGTH // CHUNK)
+                         if self.frozen[snap][idx * CHUNK:(idx + 1) * CHUNK] !=
+                         content[idx * CHUNK:(idx + 1) * CHUNK]}
+            assert differing <= changed, (path, name, until)
+
     @rule()
     def reopen(self):
         self._close_handles()
