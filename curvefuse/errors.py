@@ -56,17 +56,70 @@ class RestCode(enum.IntEnum):
 
     SUCCESS = 0
     INTERNAL = -1
+    SERVER_INIT_FAIL = -2
+    SERVER_START_FAIL = -3
+    SERVICE_IS_STOP = -4
     BAD_REQUEST = -5
+    TASK_EXIST = -6
     INVALID_USER = -7
     FILE_NOT_EXIST = -8
     FILE_STATUS_INVALID = -9
+    CHUNK_SIZE_NOT_ALIGNED = -10
+    FILE_NAME_NOT_MATCH = -11
+    CANNOT_DELETE_UNFINISHED = -12
+    CANNOT_CREATE_WHEN_ERROR = -13
+    CANNOT_CANCEL_FINISHED = -14
     INVALID_SNAPSHOT = -15
     DELETE_WHEN_USING = -16
+    CANNOT_CLEAN_UNFINISHED = -17
+    SNAPSHOT_COUNT_LIMIT = -18
     FILE_EXIST = -19
+    TASK_IS_FULL = -20
     NOT_SUPPORT = -21
     UNDER_SNAPSHOT = -22
     FILE_OCCUPIED = -23
     INVALID_ARGUMENT = -24
+
+    @property
+    def message(self) -> str:
+        """The `Message` text Curve's snapshotcloneserver sends with this code."""
+        return _REST_MESSAGES[self]
+
+    @property
+    def http_status(self) -> int:
+        """The reference's HTTP status: 200 for success, 400 for a bad request, else 500."""
+        return 200 if self is RestCode.SUCCESS else 400 if self is RestCode.BAD_REQUEST else 500
+
+
+#: Curve's `code2Msg` (src/common/snapshotclone/snapshotclone_define.cpp), spelling included:
+#: clients may compare these strings.
+_REST_MESSAGES = {
+    RestCode.SUCCESS: 'Exec success.',
+    RestCode.INTERNAL: 'Internal error.',
+    RestCode.SERVER_INIT_FAIL: 'Server init fail.',
+    RestCode.SERVER_START_FAIL: 'Server start fail.',
+    RestCode.SERVICE_IS_STOP: 'Sevice is stop.',
+    RestCode.BAD_REQUEST: 'BadRequest:"Invalid request."',
+    RestCode.TASK_EXIST: 'Task already exist.',
+    RestCode.INVALID_USER: 'Invalid user.',
+    RestCode.FILE_NOT_EXIST: 'File not exist.',
+    RestCode.FILE_STATUS_INVALID: 'File status invalid.',
+    RestCode.CHUNK_SIZE_NOT_ALIGNED: 'Chunk size not aligned.',
+    RestCode.FILE_NAME_NOT_MATCH: 'FileName not match.',
+    RestCode.CANNOT_DELETE_UNFINISHED: 'Cannot delete unfinished.',
+    RestCode.CANNOT_CREATE_WHEN_ERROR: 'Cannot create when has error.',
+    RestCode.CANNOT_CANCEL_FINISHED: 'Cannot cancel finished.',
+    RestCode.INVALID_SNAPSHOT: 'Invalid snapshot.',
+    RestCode.DELETE_WHEN_USING: 'Cannot delete when using.',
+    RestCode.CANNOT_CLEAN_UNFINISHED: 'Cannot clean task unfinished.',
+    RestCode.SNAPSHOT_COUNT_LIMIT: 'Snapshot count reach the limit.',
+    RestCode.FILE_EXIST: 'File exist.',
+    RestCode.TASK_IS_FULL: 'Task is full.',
+    RestCode.NOT_SUPPORT: 'Not support.',
+    RestCode.UNDER_SNAPSHOT: 'File is under snapshot.',
+    RestCode.FILE_OCCUPIED: 'File is occupied.',
+    RestCode.INVALID_ARGUMENT: 'Invalid argument.',
+}
 
 
 class EngineError(Exception):
@@ -188,6 +241,11 @@ class FormatError(EngineError):
     """DATA_DIR is not a store, or a store of a format version this code does not know."""
 
 
+class BadRequestError(InvalidArgumentError):
+    """A REST request the server cannot even read: a parameter missing, unparsable or out of
+    its type's range. Found before the store is touched, so the store never changes."""
+
+
 @dataclass(frozen=True)
 class ErrorCodes:
     errno: int
@@ -228,6 +286,7 @@ ERROR_TABLE: dict[type[BaseException], ErrorCodes] = {
     StorageError: ErrorCodes(_E.EIO, _C.DISK_FAIL, _R.INTERNAL),
     NotSupportedError: ErrorCodes(_E.EOPNOTSUPP, _C.NOT_SUPPORT, _R.NOT_SUPPORT),
     FormatError: ErrorCodes(_E.EIO, _C.INTERNAL_ERROR, _R.INTERNAL),
+    BadRequestError: ErrorCodes(_E.EINVAL, _C.PARAM_ERROR, _R.BAD_REQUEST),
 }
 
 #: What an unexpected exception (a bug) is answered with.
