@@ -24,12 +24,13 @@ from .api import open_store, parse_size
 from .engine import DEFAULT_CHUNK_SIZE, DEFAULT_ROOT_PASSWORD
 from .errors import EngineError
 from .fuse.mount import MountError
+from .rest import DEFAULT_LISTEN
 
 log = logging.getLogger('curvefuse')
 
 EXIT_USER_ERROR = 1
-COMMANDS = ('init', 'fsck', 'mount', 'umount', 'create', 'ls', 'info', 'resize', 'rm', 'mv',
-            'mkdir', 'rmdir', 'du', 'trash', 'import', 'export', 'snap', 'clone', 'flatten',
+COMMANDS = ('init', 'fsck', 'mount', 'umount', 'serve', 'create', 'ls', 'info', 'resize', 'rm',
+            'mv', 'mkdir', 'rmdir', 'du', 'trash', 'import', 'export', 'snap', 'clone', 'flatten',
             'children', 'export-diff', 'import-diff')
 
 
@@ -66,16 +67,31 @@ def _mount(args: argparse.Namespace) -> int:
         argv += ['--debug'] if args.debug else []
         start_daemon(argv)
         return 0
-    if args.log:
-        handler = logging.FileHandler(args.log)
+    _log_to(args.log)
+    run_foreground(args.data_dir, args.mountpoint, options, args.ready_fd)
+    return 0
+
+
+def _log_to(path: str | None) -> None:
+    """A long-running process logs to path (with times and pids) if given, else to stderr;
+    kill -USR1 <pid> writes every thread's stack there too: for hangs."""
+    if path:
+        handler = logging.FileHandler(path)
         handler.setFormatter(logging.Formatter('%(asctime)s %(process)d %(levelname)s '
                                                '%(name)s: %(message)s'))
         logging.getLogger().handlers[:] = [handler]
-        # kill -USR1 <daemon> writes every thread's stack to the log: for hangs.
         faulthandler.register(signal.SIGUSR1, file=handler.stream, all_threads=True)
     else:
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-    run_foreground(args.data_dir, args.mountpoint, options, args.ready_fd)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .rest.server import run_server
+
+    _log_to(args.log)
+    if not args.debug:
+        logging.getLogger('curvefuse').setLevel(logging.INFO)  # every request, with its id
+    run_server(args.data_dir, args.listen)
     return 0
 
 
@@ -126,6 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     umount = sub.add_parser('umount', help='unmount and wait until the daemon has flushed')
     umount.add_argument('mountpoint', metavar='MOUNTPOINT')
     umount.set_defaults(func=_umount)
+
+    serve = sub.add_parser('serve', help="serve Curve's SnapshotCloneService REST API "
+                           '(in the foreground)')
+    serve.add_argument('data_dir', nargs='?', default=DEFAULT_DATA_DIR, metavar='DATA_DIR')
+    serve.add_argument('--listen', default=DEFAULT_LISTEN, metavar='HOST:PORT',
+                       help=f'address to listen on (default {DEFAULT_LISTEN}, loopback only; '
+                       'port 0 picks a free one)')
+    serve.add_argument('--debug', action='store_true', default=argparse.SUPPRESS,
+                       help='log debug messages')
+    serve.add_argument('--log', help='log file (default: stderr)')
+    serve.set_defaults(func=_serve)
     _add_volume_commands(sub)
     return parser
 
