@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -165,3 +168,39 @@ def wait_for_line(path: Path, pattern: re.Pattern, timeout: float = 30,
                                  f'{path.read_text() if path.exists() else "(none)"}')
         time.sleep(0.02)
     raise AssertionError(f'{pattern.pattern!r} did not appear in {path}')
+
+
+class ServeProcess:
+    """`curvefuse serve DATA_DIR --listen 127.0.0.1:0` as a real process, logging to a file.
+    `stop` sends SIGTERM and requires exit 0; `kill` (for teardown after a failure) ends this
+    process only, by its pid."""
+
+    def __init__(self, data_dir: Path, log: Path, listen: str = '127.0.0.1:0'):
+        self.data_dir, self.log, self.listen = data_dir, log, listen
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> RestClient:
+        self.proc = subprocess.Popen(
+            [sys.executable, '-m', 'curvefuse.cli', 'serve', str(self.data_dir), '--listen',
+             self.listen, '--log', str(self.log)], stderr=subprocess.PIPE, text=True)
+        match = wait_for_line(self.log, LISTENING_RE, alive=lambda: self.proc.poll() is None)
+        return RestClient(match.group(1))
+
+    def stop(self, signum: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+        assert self.proc.wait(timeout=60) == 0, self.proc.stderr.read()
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def log_problems(self) -> list[str]:
+        """WARNING/ERROR lines and tracebacks in the server's log."""
+        if not self.log.exists():
+            return []
+        return [line for line in self.log.read_text().splitlines()
+                if re.search(r' (WARNING|ERROR|CRITICAL) |Traceback', line)]

@@ -8,6 +8,7 @@ takes it over through ``fd://``. HTTP parsing is hypercorn's (h11), not ours.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -34,8 +35,8 @@ class ListenError(InvalidArgumentError):
 def parse_listen(text: str) -> tuple[str, int]:
     """HOST:PORT, [IPV6]:PORT, or a host alone (port 5555). Port 0 picks a free port."""
     if text.startswith('['):
-        host, _, rest = text[1:].partition(']')
-        port = rest[1:] if rest.startswith(':') else None if not rest else ''
+        host, bracket, rest = text[1:].partition(']')
+        port = rest[1:] if rest.startswith(':') else None if bracket and not rest else ''
     elif text.count(':') == 1:
         host, port = text.split(':')
     else:  # a name or IPv4 address alone, or a bare IPv6 address
@@ -54,7 +55,8 @@ def bind(listen: str) -> socket.socket:
                                     flags=socket.AI_PASSIVE)[0][0]
         return socket.create_server((host, port), family=family)
     except OSError as exc:
-        raise ListenError(f'cannot listen on {listen}: {exc.strerror or exc}') from None
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ListenError(f'cannot listen on {listen}: {reason}') from None
 
 
 def url_of(sock: socket.socket) -> str:

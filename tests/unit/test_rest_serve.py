@@ -1,0 +1,129 @@
+"""`curvefuse serve` as an operator runs it: a real process on a loopback port, real HTTP, signals,
+one-line errors, and a bounded flood of concurrent requests it must survive."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import curvefuse
+from curvefuse.cli import build_parser
+
+from ..rest_helpers import RestClient, ServeProcess, UUID_RE
+
+GiB = 2**30
+
+
+@pytest.fixture
+def served(tmp_path: Path, data_dir: Path) -> Iterator[ServeProcess]:
+    """A store and a `curvefuse serve` process on it, not yet started; at the end it is stopped
+    (or killed after a failure) and its log must hold no warning, error or traceback."""
+    with curvefuse.open_store(str(data_dir), create=True):
+        pass
+    server = ServeProcess(data_dir, tmp_path / 'serve.log')
+    try:
+        yield server
+    finally:
+        server.kill()
+    assert not server.log_problems()
+
+
+def curvefuse_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, '-m', 'curvefuse.cli', *args], capture_output=True,
+                          text=True, timeout=20)
+
+
+def test_serve_answers_logs_and_stops_on_sigterm(served: ServeProcess) -> None:
+    client = served.start()
+    assert client.base_url.startswith('http://127.0.0.1:')
+    ids = [client.ok('CreateFile', File='/v', Size=1)['RequestId'],
+           client.fails(-5, 'ListFile')['RequestId']]
+    assert client.ok('ListFile', File='/v')['FileInfos'][0]['FileLength'] == GiB
+    served.stop()
+    log = served.log.read_text()
+    assert all(log.count(request_id) == 1 for request_id in ids)
+    assert 'SIGTERM: stopping the REST API' in log
+    with curvefuse.open_store(str(served.data_dir)) as store:
+        assert store.stat('/v').owner == 'curve'
+
+
+def test_serve_stops_on_sigint(served: ServeProcess) -> None:
+    served.start().ok('ListFile', Dir='/')
+    served.stop(signal.SIGINT)
+
+
+def test_serve_listens_on_loopback_port_5555_by_default() -> None:
+    options = build_parser().parse_args(['serve', '/some/store'])
+    assert (options.data_dir, options.listen) == ('/some/store', '127.0.0.1:5555')
+
+
+def test_serve_refuses_a_busy_port_in_one_line(served: ServeProcess) -> None:
+    with socket.create_server(('127.0.0.1', 0)) as taken:
+        port = taken.getsockname()[1]
+        result = curvefuse_cli('serve', str(served.data_dir), '--listen', f'127.0.0.1:{port}')
+    assert result.returncode == 1
+    assert result.stderr == (f'curvefuse serve: cannot listen on 127.0.0.1:{port}: '
+                             'Address already in use\n')
+
+
+@pytest.mark.parametrize('listen', ['127.0.0.1:x', '127.0.0.1:70000', ':5555', '[::1',
+                                    'no.such.host.invalid:5555'])
+def test_serve_refuses_a_bad_address_in_one_line(served: ServeProcess, listen: str) -> None:
+    result = curvefuse_cli('serve', str(served.data_dir), '--listen', listen)
+    assert result.returncode == 1
+    assert result.stderr.startswith('curvefuse serve: cannot listen on ')
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_serve_refuses_a_directory_that_is_not_a_store(tmp_path: Path) -> None:
+    result = curvefuse_cli('serve', str(tmp_path), '--listen', '127.0.0.1:0')
+    assert result.returncode == 1
+    assert result.stderr == f'curvefuse serve: {tmp_path} is not a curvefuse store\n'
+
+
+def test_serve_survives_a_bounded_flood(served: ServeProcess) -> None:
+    """300 idle connections held open plus 40 clients sending 25 requests each at once: every
+    request is answered correctly, and afterwards the server answers at once."""
+    client = served.start()
+    client.ok('CreateFile', File='/v', Size=1)
+    host, port = client.base_url[len('http://'):].split(':')
+    idle = [socket.create_connection((host, int(port))) for _ in range(300)]
+    for sock in idle[::2]:
+        sock.sendall(b'GET /SnapshotCloneService?Action=ListFile')  # never finished
+    errors: list[str] = []
+
+    def flood(worker: int) -> None:
+        for i in range(25):
+            try:
+                if i % 3 == 0:
+                    client.fails(-5, 'ListFile', Dir='/', Limit='many')
+                elif i % 3 == 1:
+                    client.ok('CreateFile', File=f'/w{worker}', Size=1)
+                else:
+                    assert client.ok('ListFile', File='/v')['TotalCount'] == 1
+            except Exception as exc:  # collected: a thread cannot fail the test itself
+                errors.append(f'{worker}/{i}: {exc!r}')
+
+    threads = [threading.Thread(target=flood, args=(n,)) for n in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors[:5]
+    started = time.monotonic()
+    body = client.ok('ListFile', Dir='/', Limit=100)
+    assert time.monotonic() - started < 2
+    assert body['TotalCount'] == 1 + 1 + 40  # RecycleBin, /v, /w0../w39
+    for sock in idle:
+        sock.close()
+    assert UUID_RE.fullmatch(RestClient(client.base_url).ok('ListFile', Dir='/')['RequestId'])
+    served.stop()
+    assert served.log.read_text().count(' -> ') == 1 + 40 * 25 + 2  # the idle ones never asked
