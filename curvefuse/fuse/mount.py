@@ -51,6 +51,7 @@ class MountOptions:
     read_only: bool = False
     allow_other: bool = False
     allow_shrink: bool = False
+    rest: str | None = None  # where the daemon also serves the REST API (HOST:PORT)
     extra: set[str] = field(default_factory=set)
 
     @classmethod
@@ -65,12 +66,21 @@ class MountOptions:
                 options.allow_other = True
             elif item == 'allow_shrink':
                 options.allow_shrink = True
+            elif item == 'rest' or item.startswith('rest='):
+                from ..rest import DEFAULT_LISTEN
+                from ..rest.server import parse_listen
+
+                options.rest = item[len('rest='):] or DEFAULT_LISTEN
+                parse_listen(options.rest)  # a typo fails here, before daemonizing
             elif item in ('default_permissions', 'noatime', 'nodev', 'nosuid', 'dev', 'suid',
                           'exec', 'noexec', 'auto', 'noauto', 'nofail', '_netdev', 'user',
                           'nouser', 'defaults', 'atime', 'relatime'):
                 options.extra.add(item)  # handled by mount(8) or harmless to pass
             elif not item.startswith('x-'):  # x-systemd.* and friends belong to others
                 raise InvalidArgumentError(f'unknown mount option {item!r}')
+        if options.read_only and options.rest:
+            raise InvalidArgumentError('a read-only mount cannot serve the REST API, whose '
+                                       'actions change the store; run "curvefuse serve" apart')
         return options
 
     def fuse_options(self, data_dir: str) -> set[str]:
@@ -159,8 +169,12 @@ def _become_io_flusher() -> None:
                     os.strerror(ctypes.get_errno()))
 
 
-async def _serve(ops: CurveOperations) -> None:
+async def _serve(ops: CurveOperations, rest_sock: socket.socket | None = None) -> None:
     async with trio.open_nursery() as nursery:
+        if rest_sock is not None:
+            from ..rest.server import serve as serve_rest
+
+            await nursery.start(serve_rest, ops.engine, rest_sock)
         async def stop_on_signal() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
@@ -196,6 +210,7 @@ def run_foreground(data_dir: str, mountpoint: str, options: MountOptions,
         dirty = os.path.join(data_dir, DIRTY_NAME)
         if os.path.exists(dirty):
             _check_after_unclean_stop(engine)
+        rest_sock = _bind_rest(options.rest, stack) if options.rest else None
         ops = CurveOperations(engine, read_only=options.read_only,
                               allow_shrink=options.allow_shrink)
         pyfuse3.init(ops, mountpoint, options.fuse_options(data_dir))
@@ -212,7 +227,7 @@ def run_foreground(data_dir: str, mountpoint: str, options: MountOptions,
                 os.close(ready_fd)
                 _detach_stdio()
             sd_notify(f'READY=1\nMAINPID={os.getpid()}\nSTATUS=Serving {data_dir} at {mountpoint}')
-            trio.run(_serve, ops)
+            trio.run(_serve, ops, rest_sock)
             sd_notify('STOPPING=1\nSTATUS=Flushing and unmounting')
             # Not os.path.ismount: a stat of our own mount would wait forever for ourselves.
             unmounted = not any(dst == mountpoint for _src, dst, _kind in _mounts())
@@ -221,6 +236,19 @@ def run_foreground(data_dir: str, mountpoint: str, options: MountOptions,
             pyfuse3.close(unmount=not unmounted)
         os.unlink(dirty)
         log.info('unmounted %s cleanly', mountpoint)
+
+
+def _bind_rest(listen: str, stack: ExitStack) -> socket.socket:
+    """The REST API's socket, bound before the mount is reported live (a busy port is the
+    mount's error); its requests are logged at INFO, each with its RequestId."""
+    from ..rest.server import bind
+
+    sock = bind(listen)
+    stack.callback(sock.close)  # a no-op once the server has taken it over
+    rest_log = logging.getLogger('curvefuse.rest')
+    if rest_log.getEffectiveLevel() > logging.INFO:
+        rest_log.setLevel(logging.INFO)
+    return sock
 
 
 def _detach_stdio() -> None:

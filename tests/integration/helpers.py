@@ -97,8 +97,8 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while not os.path.ismount(self.mountpoint):
             if self.proc.poll() is not None:
-                raise RuntimeError(f'daemon exited {self.proc.returncode}: '
-                                   f'{self.proc.stderr.read()}')
+                proc, self.proc = self.proc, None  # nothing left to stop at teardown
+                raise RuntimeError(f'daemon exited {proc.returncode}: {proc.stderr.read()}')
             if time.monotonic() > deadline:
                 raise RuntimeError('mount did not appear')
             time.sleep(0.02)

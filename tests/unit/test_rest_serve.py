@@ -127,3 +127,27 @@ def test_serve_survives_a_bounded_flood(served: ServeProcess) -> None:
     assert UUID_RE.fullmatch(RestClient(client.base_url).ok('ListFile', Dir='/')['RequestId'])
     served.stop()
     assert served.log.read_text().count(' -> ') == 1 + 40 * 25 + 2  # the idle ones never asked
+
+
+# -- inside the mount daemon (the mount itself is tested in tests/integration/test_rest.py) ------
+
+def test_mount_option_rest_names_where_the_daemon_serves() -> None:
+    from curvefuse.fuse.mount import MountOptions
+
+    assert MountOptions.parse('allow_other').rest is None
+    assert MountOptions.parse('rest').rest == '127.0.0.1:5555'
+    options = MountOptions.parse('allow_other,rest=[::1]:6000')
+    assert options.rest == '[::1]:6000'
+    assert not any('rest' in opt or '6000' in opt for opt in options.fuse_options('/store'))
+
+
+@pytest.mark.parametrize('options,message', [
+    ('rest=127.0.0.1:x', "cannot listen on '127.0.0.1:x'"),
+    ('ro,rest', 'a read-only mount cannot serve the REST API'),
+])
+def test_mount_refuses_bad_rest_options_before_starting(tmp_path: Path, options: str,
+                                                        message: str) -> None:
+    result = curvefuse_cli('mount', str(tmp_path / 'store'), str(tmp_path), '-o', options)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f'curvefuse mount: {message}')
+    assert len(result.stderr.splitlines()) == 1
