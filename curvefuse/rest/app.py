@@ -103,11 +103,12 @@ class RestApp:
             log.exception('request %s (%s %s?%r) failed unexpectedly', request_id,
                           scope.get('method'), scope.get('path'), scope.get('query_string'))
             code, fields = RestCode.INTERNAL, {'UUID': ''}
+        # Logged before the answer leaves: whoever holds a RequestId finds its line.
+        params = request.params if request is not None else scope.get('query_string')
+        log.info('request %s %r -> %d %s%s (%.1f ms)', request_id, params, code, code.message,
+                 reason, (time.monotonic() - started) * 1000)
         payload = json.dumps(body(code, request_id, fields), indent=2).encode()
         await send({'type': 'http.response.start', 'status': code.http_status,
                     'headers': [(b'content-type', b'application/json'),
                                 (b'content-length', str(len(payload)).encode())]})
         await send({'type': 'http.response.body', 'body': payload})
-        params = request.params if request is not None else scope.get('query_string')
-        log.info('request %s %r -> %d %s%s (%.1f ms)', request_id, params, code, code.message,
-                 reason, (time.monotonic() - started) * 1000)
