@@ -14,7 +14,8 @@ import pytest
 import curvefuse
 from curvefuse.client import CBDClient
 
-from .util import assert_store_clean
+from .rest_helpers import ServeProcess
+from .util import assert_store_clean, log_problems
 
 faulthandler.enable()
 faulthandler.register(signal.SIGUSR1)
@@ -86,3 +87,17 @@ def cbd(client_conf: Path) -> Iterator[CBDClient]:
     assert client.Init(str(client_conf)) == 0
     yield client
     client.UnInit()
+
+
+@pytest.fixture
+def served(tmp_path: Path, data_dir: Path) -> Iterator[ServeProcess]:
+    """A `curvefuse serve` process (not yet started) on the test's store, made if missing. At
+    the end it is killed if still running (by its pid), and its log must hold no warning,
+    error or traceback."""
+    curvefuse.open_store(str(data_dir), create=True).close()
+    server = ServeProcess(data_dir, tmp_path / 'serve.log')
+    try:
+        yield server
+    finally:
+        server.kill()
+    assert not log_problems(server.log)

@@ -197,10 +197,3 @@ class ServeProcess:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
-
-    def log_problems(self) -> list[str]:
-        """WARNING/ERROR lines and tracebacks in the server's log."""
-        if not self.log.exists():
-            return []
-        return [line for line in self.log.read_text().splitlines()
-                if re.search(r' (WARNING|ERROR|CRITICAL) |Traceback', line)]

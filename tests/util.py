@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import curvefuse
@@ -19,3 +21,12 @@ def user(owner: str, password: str = '') -> UserInfo_t:
     info = UserInfo_t()
     info.owner, info.password = owner, password
     return info
+
+
+def log_problems(log: Path, expected: Sequence[str] = ()) -> list[str]:
+    """WARNING/ERROR lines and tracebacks in a daemon's log file, but for the expected ones."""
+    if not log.exists():
+        return []
+    return [line for line in log.read_text().splitlines()
+            if re.search(r' (WARNING|ERROR|CRITICAL) |Traceback', line)
+            and not any(w in line for w in expected)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -14,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from curvefuse.fuse.mount import process_running
+
+from ..util import log_problems
 
 HAVE_FUSE = os.path.exists('/dev/fuse') and shutil.which('fusermount3') is not None
 def mount_options(path: Path) -> list[str] | None:
@@ -128,11 +129,7 @@ class Daemon:
 
     def log_problems(self) -> list[str]:
         """WARNING/ERROR lines and tracebacks in the daemon's log nobody declared."""
-        if not self.log.exists():
-            return []
-        return [line for line in self.log.read_text().splitlines()
-                if re.search(r' (WARNING|ERROR|CRITICAL) |Traceback', line)
-                and not any(w in line for w in self.expected_warnings)]
+        return log_problems(self.log, self.expected_warnings)
 
 
 class Cleanup:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,16 +19,6 @@ MiB = 2**20
 GiB = 2**30
 CURVE = user('curve')
 
-
-@pytest.fixture
-def served(tmp_path: Path, data_dir: Path) -> Iterator[ServeProcess]:
-    """A `curvefuse serve` process on the test's store (created by the daemon fixture)."""
-    server = ServeProcess(data_dir, tmp_path / 'serve.log')
-    try:
-        yield server
-    finally:
-        server.kill()
-    assert not server.log_problems()
 
 
 def write_through_mount(path: Path, offset: int, data: bytes) -> None:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,19 +20,6 @@ from ..rest_helpers import RestClient, ServeProcess, UUID_RE
 
 GiB = 2**30
 
-
-@pytest.fixture
-def served(tmp_path: Path, data_dir: Path) -> Iterator[ServeProcess]:
-    """A store and a `curvefuse serve` process on it, not yet started; at the end it is stopped
-    (or killed after a failure) and its log must hold no warning, error or traceback."""
-    with curvefuse.open_store(str(data_dir), create=True):
-        pass
-    server = ServeProcess(data_dir, tmp_path / 'serve.log')
-    try:
-        yield server
-    finally:
-        server.kill()
-    assert not server.log_problems()
 
 
 def curvefuse_cli(*args: str) -> subprocess.CompletedProcess:
