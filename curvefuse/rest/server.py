@@ -25,6 +25,9 @@ from .app import RestApp
 log = logging.getLogger(__name__)
 
 READ_TIMEOUT = 30  # seconds a connection may take to send a request before it is dropped
+# Request line and headers: room for two 4 KiB paths percent-encoded (12 KiB each) and the
+# rest; anything longer is answered 431 by h11 without reaching the app.
+MAX_REQUEST_HEAD = 64 * 1024
 GRACEFUL_TIMEOUT = 10  # seconds requests in flight get to finish at shutdown
 
 
@@ -75,6 +78,7 @@ async def serve(engine: Engine, sock: socket.socket,
     config.errorlog = logging.getLogger('curvefuse.rest.http')
     config.accesslog = None  # the app logs every request itself, with its RequestId
     config.read_timeout = READ_TIMEOUT
+    config.h11_max_incomplete_size = MAX_REQUEST_HEAD
     config.graceful_timeout = GRACEFUL_TIMEOUT
     config.include_server_header = False
     log.info('REST API for %s listening on %s%s', engine.data_dir, url, SERVICE_PATH)

@@ -137,3 +137,34 @@ def test_mount_refuses_bad_rest_options_before_starting(tmp_path: Path, options:
     assert result.returncode == 1
     assert result.stderr.startswith(f'curvefuse mount: {message}')
     assert len(result.stderr.splitlines()) == 1
+
+
+def raw_exchange(client: RestClient, request: bytes) -> bytes:
+    """Send bytes as they are (not necessarily HTTP) and read the whole answer."""
+    host, port = client.base_url[len('http://'):].split(':')
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b''
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_what_is_not_http_is_refused_by_the_http_stack(served: ServeProcess) -> None:
+    """Garbage, a non-UTF-8 request line, an oversized head: h11 answers 400 or 431 with no
+    body (the app never sees them), logs no error, and the server goes on."""
+    client = served.start()
+    long_path = '/' + '/'.join(['ü' * 127] * 16)  # 4080 bytes, 12 KiB percent-encoded
+    client.ok('ListFile', Dir='/')
+    assert raw_exchange(client, b'GARBAGE\r\n\r\n').startswith(b'HTTP/1.1 400 ')
+    assert raw_exchange(client, b'GET /SnapshotCloneService?Dir=/\xff HTTP/1.1\r\n'
+                        b'Host: x\r\n\r\n').startswith(b'HTTP/1.1 400 ')
+    head = b'GET /SnapshotCloneService?x=' + b'a' * 200000 + b' HTTP/1.1\r\nHost: x\r\n\r\n'
+    assert raw_exchange(client, head).startswith(b'HTTP/1.1 431 ')
+    # a real request with two paths near the limit still fits
+    client.fails(-8, 'ListFile', File=long_path, Dir=long_path)
+    answer = raw_exchange(client, b'GET /SnapshotCloneService?Action=ListFile&Version=1&User=u'
+                          b'&Dir=/ HTTP/1.0\r\n\r\n')
+    assert answer.startswith(b'HTTP/1.1 200 ') and b'"Code": "0"' in answer
+    served.stop()
