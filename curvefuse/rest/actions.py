@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine import MAX_VOLUME_LENGTH, Engine, Node, split_path
-from ..engine.store import check_name, check_user
+from ..engine import MAX_VOLUME_LENGTH, Engine, Node, SnapshotInfo, split_path
+from ..engine.store import check_snapshot_name, check_user
 from ..errors import (BadRequestError, ExistsError, InvalidArgumentError, NotFoundError,
                       NotSupportedError)
 
@@ -90,11 +90,9 @@ class Request:
         if value is None:
             return None
         try:
-            check_name(value)
+            check_snapshot_name(value)
         except InvalidArgumentError as exc:
             raise BadRequestError(f'{name}: {exc}') from None
-        if '@' in value:
-            raise BadRequestError(f'{name}: a snapshot name may not contain "@"')
         return value
 
     def uint(self, name: str, default: int | None = None, maximum: int = MAX_UINT64) -> int:
@@ -141,7 +139,13 @@ def action(name: str) -> Callable[[Action], Action]:
 
 
 def file_info(engine: Engine, path: str, node: Node) -> Fields:
-    """One entry of ListFile's FileInfos, every field of the reference."""
+    """One entry of ListFile's FileInfos, every field of the reference; a clone shows whether
+    it is being flattened, and how far."""
+    status, progress, readonly = STATUS_DONE, 100, False
+    state = None if node.is_dir else engine.clone_state(node.id)
+    if state is not None:
+        status = STATUS_FLATTENING if state.flattening else STATUS_UNFLATTENED
+        progress, readonly = state.progress, state.readonly
     return {
         'File': path,
         'User': node.owner,
@@ -150,9 +154,9 @@ def file_info(engine: Engine, path: str, node: Node) -> Fields:
         'FileLength': 0 if node.is_dir else node.length,
         'StripeUnit': 0,
         'StripeCount': 0,
-        'Status': STATUS_DONE,
-        'Readonly': False,
-        'Progress': 100,
+        'Status': status,
+        'Readonly': readonly,
+        'Progress': progress,
     }
 
 
@@ -209,3 +213,104 @@ def list_file(engine: Engine, req: Request) -> Fields:
         nodes = engine.listdir(directory, None if directory == '/' else user)
         infos = [file_info(engine, _join(directory, node.name), node) for node in nodes]
     return {'TotalCount': len(infos), 'FileInfos': infos[page]}
+
+
+# -- snapshots and clones -------------------------------------------------------------------------
+
+SNAPSHOT_DONE = 0  # Snapshot.Status: 0 done (2 deleting and 5 error never occur here)
+
+
+def snapshot_info(path: str, snap: SnapshotInfo) -> Fields:
+    """One entry of GetFileSnapshotInfo's Snapshots, every field of the reference. Taking and
+    deleting a snapshot are immediate here, so Status is always done and Progress 100."""
+    return {
+        'UUID': snap.uuid,
+        'User': snap.owner,
+        'File': path,
+        'SeqNum': snap.seq,
+        'Name': snap.name,
+        'Time': snap.created_ns // 1000,
+        'FileLength': snap.length,
+        'Status': SNAPSHOT_DONE,
+        'Progress': 100,
+    }
+
+
+def _by_uuid(engine: Engine, path: str, uuid: str, user: str) -> SnapshotInfo:
+    for snap in engine.list_snapshots(path, user):
+        if snap.uuid == uuid:
+            return snap
+    raise NotFoundError(f'{path} has no snapshot with UUID {uuid}')
+
+
+@action('CreateSnapshot')
+def create_snapshot(engine: Engine, req: Request) -> Fields:
+    """Snapshot File as Name, protected at once so it can be cloned (as Curve does); the UUID
+    names it from then on."""
+    path, name, user = req.path('File'), req.snapshot_name(), req.user
+    snap = engine.create_snapshot(path, name, user=user, protect=True)
+    return {'UUID': snap.uuid}
+
+
+@action('DeleteSnapshot')
+def delete_snapshot(engine: Engine, req: Request) -> Fields:
+    """Delete File's snapshot Name (or UUID): unprotected first, so clones still reading from it
+    make this -23, and then it stays as it was."""
+    path, user = req.path('File'), req.user
+    name = req.snapshot_name(required=False)
+    uuid = req.text('UUID', required=False) if name is None else None
+    if name is None and uuid is None:
+        raise BadRequestError('parameter Name or UUID is missing')
+    if name is None:
+        name = _by_uuid(engine, path, uuid, user).name
+    engine.delete_snapshot(path, name, user=user, unprotect=True)
+    return {}
+
+
+@action('GetFileSnapshotInfo')
+def get_file_snapshot_info(engine: Engine, req: Request) -> Fields:
+    """File's snapshots, oldest first (or the one named by Name or UUID), a page of Limit."""
+    path, user = req.path('File'), req.user
+    name = req.snapshot_name(required=False)
+    uuid = req.text('UUID', required=False)
+    page = req.page()
+    if name is not None:
+        snaps = [engine.get_snapshot(path, name, user)]
+        if uuid is not None and snaps[0].uuid != uuid:
+            raise NotFoundError(f'{path}@{name} does not have UUID {uuid}')
+    elif uuid is not None:
+        snaps = [_by_uuid(engine, path, uuid, user)]
+    else:
+        snaps = engine.list_snapshots(path, user)
+    infos = [snapshot_info(path, snap) for snap in snaps]
+    return {'TotalCount': len(infos), 'Snapshots': infos[page]}
+
+
+@action('Clone')
+def clone(engine: Engine, req: Request) -> Fields:
+    """A lazy clone of File@Name at Destination, optionally read-only. A retry (Destination is
+    already that very clone) is success; anything else there is -19."""
+    path, name, dest, user = req.path('File'), req.snapshot_name(), req.path('Destination'), \
+        req.user
+    readonly = req.boolean('Readonly')
+    req.check_poolset('Poolset')
+    try:
+        engine.clone(path, name, dest, user=user, readonly=readonly)
+    except ExistsError:
+        there = engine.stat(dest, user)  # AccessError (-7) if it is someone else's
+        state = None if there.is_dir else engine.clone_state(there.id)
+        if state is None or (state.source_path, state.snapshot, state.readonly) != \
+                (path, name, readonly):
+            raise
+        log.info('request %s: %s is already a clone of %s@%s', req.request_id, dest, path, name)
+    return {}
+
+
+@action('Flatten')
+def flatten(engine: Engine, req: Request) -> Fields:
+    """Start copying what clone File still reads from its snapshot, in the background; ListFile
+    shows Status 1 (flattening) and Progress until it is done. A volume that is not a clone,
+    or a flatten already running, is success."""
+    path, user = req.path('File'), req.user
+    engine.flatten(path, user=user)
+    return {}

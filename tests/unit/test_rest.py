@@ -10,6 +10,7 @@ the store -7 invalid user, -8 not exist, -9 status invalid, -19 exists, -21 not 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import curvefuse
 from curvefuse.client import CBDClient
 from curvefuse.rest import actions
 
-from ..rest_helpers import RestClient, ServerThread, assert_error, namespace
+from ..rest_helpers import UUID_RE, RestClient, ServerThread, assert_error, namespace
 from ..util import user
 
 GiB = 2**30
@@ -323,3 +324,251 @@ def test_cbdclient_and_rest_on_one_store(rest: RestClient, cbd: CBDClient) -> No
     fd = cbd.Open('/shared', curve)
     assert cbd.Read(fd, None, 0, 4096) == b'x' * 4096
     assert cbd.Close(fd) == 0
+
+
+# -- snapshots ----------------------------------------------------------------------------------
+
+SNAPSHOT_KEYS = {'UUID', 'User', 'File', 'SeqNum', 'Name', 'Time', 'FileLength', 'Status',
+                 'Progress'}
+
+
+def test_create_snapshot_returns_a_uuid_and_protects(rest: RestClient,
+                                                     store: curvefuse.Store) -> None:
+    rest.ok('CreateFile', File='/test1', Size=10)
+    body = rest.ok('CreateSnapshot', File='/test1', Name='snap1')
+    assert set(body) == {'Code', 'Message', 'RequestId', 'UUID'}
+    snap = store.engine.get_snapshot('/test1', 'snap1')
+    assert body['UUID'] == snap.uuid and UUID_RE.fullmatch(snap.uuid)
+    assert snap.protected and snap.owner == 'curve'
+    second = rest.ok('CreateSnapshot', File='/test1', Name='snap2')['UUID']
+    assert second != body['UUID']
+
+
+def test_create_snapshot_refusals(rest: RestClient, store: curvefuse.Store) -> None:
+    rest.ok('CreateFile', File='/v', Size=1)
+    rest.ok('CreateSnapshot', File='/v', Name='s')
+    before = namespace(store.engine), store.engine.list_snapshots('/v')
+    rest.fails(-19, 'CreateSnapshot', File='/v', Name='s')  # the name is taken
+    rest.fails(-8, 'CreateSnapshot', File='/nothing', Name='s')
+    rest.fails(-7, 'CreateSnapshot', File='/v', Name='t', user='bob')
+    store.mkdir('/d')
+    rest.fails(-21, 'CreateSnapshot', File='/d', Name='s', user='root')
+    for name in ('a@b', 'a/b', '..', '.', 'x' * 256, 'a%00b'):
+        unchanged(store, rest, -5, f'Action=CreateSnapshot&{BASE}&File=/v&Name={name}')
+    unchanged(store, rest, -5, f'Action=CreateSnapshot&{BASE}&File=/v')
+    unchanged(store, rest, -5, f'Action=CreateSnapshot&{BASE}&File=/v&Name=')
+    after = namespace(store.engine), store.engine.list_snapshots('/v')
+    assert after == (sorted(before[0] + [('/d', True, 0, 'root', 1)]), before[1])
+
+
+def test_get_file_snapshot_info_shows_every_field(rest: RestClient,
+                                                  store: curvefuse.Store) -> None:
+    rest.ok('CreateFile', File='/test1', Size=10)
+    uuid = rest.ok('CreateSnapshot', File='/test1', Name='snap1')['UUID']
+    body = rest.ok('GetFileSnapshotInfo', File='/test1', Limit=10, Offset=0)
+    assert set(body) == {'Code', 'Message', 'RequestId', 'TotalCount', 'Snapshots'}
+    snap = store.engine.get_snapshot('/test1', 'snap1')
+    assert body['TotalCount'] == 1
+    assert body['Snapshots'] == [{
+        'UUID': uuid, 'User': 'curve', 'File': '/test1', 'SeqNum': snap.seq, 'Name': 'snap1',
+        'Time': snap.created_ns // 1000, 'FileLength': 10 * GiB, 'Status': 0, 'Progress': 100}]
+    assert rest.ok('GetFileSnapshotInfo', File='/test1', Name='snap1')['Snapshots'] == \
+        body['Snapshots']
+    assert rest.ok('GetFileSnapshotInfo', File='/test1', UUID=uuid)['Snapshots'] == \
+        body['Snapshots']
+
+
+def test_get_file_snapshot_info_pages_oldest_first(rest: RestClient) -> None:
+    rest.ok('CreateFile', File='/v', Size=1)
+    names = [f's{i:02}' for i in range(13)]
+    for name in names:
+        rest.ok('CreateSnapshot', File='/v', Name=name)
+
+    def page(**params: Any) -> list[str]:
+        body = rest.ok('GetFileSnapshotInfo', File='/v', **params)
+        assert body['TotalCount'] == 13
+        assert all(set(s) == SNAPSHOT_KEYS for s in body['Snapshots'])
+        return [s['Name'] for s in body['Snapshots']]
+
+    assert page() == names[:10]
+    assert page(Offset=10) == names[10:]
+    assert page(Limit=2, Offset=5) == names[5:7]
+    seqs = [s['SeqNum'] for s in rest.ok('GetFileSnapshotInfo', File='/v',
+                                         Limit=20)['Snapshots']]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 13
+
+
+def test_get_file_snapshot_info_refusals(rest: RestClient, store: curvefuse.Store) -> None:
+    rest.ok('CreateFile', File='/v', Size=1)
+    uuid = rest.ok('CreateSnapshot', File='/v', Name='s')['UUID']
+    rest.fails(-8, 'GetFileSnapshotInfo', File='/v', Name='nothing')
+    rest.fails(-8, 'GetFileSnapshotInfo', File='/v', UUID='0' * 8)
+    rest.fails(-8, 'GetFileSnapshotInfo', File='/v', Name='s', UUID='0' * 8)
+    rest.fails(-8, 'GetFileSnapshotInfo', File='/nothing')
+    rest.fails(-7, 'GetFileSnapshotInfo', File='/v', user='bob')
+    rest.fails(-7, 'GetFileSnapshotInfo', File='/v', UUID=uuid, user='bob')
+    for query in ('&Name=a@b', '&Name=..', '&Limit=x', '&Offset=-1', '&Limit=1.0'):
+        unchanged(store, rest, -5, f'Action=GetFileSnapshotInfo&{BASE}&File=/v{query}')
+    unchanged(store, rest, -5, f'Action=GetFileSnapshotInfo&{BASE}&Name=s')  # no File
+
+
+def test_delete_snapshot_by_name_and_by_uuid(rest: RestClient, store: curvefuse.Store) -> None:
+    rest.ok('CreateFile', File='/v', Size=1)
+    rest.ok('CreateSnapshot', File='/v', Name='a')
+    uuid = rest.ok('CreateSnapshot', File='/v', Name='b')['UUID']
+    rest.fails(-22, 'DeleteFile', File='/v')  # a volume with snapshots stays
+    body = rest.ok('DeleteSnapshot', File='/v', Name='a')
+    assert set(body) == {'Code', 'Message', 'RequestId'}
+    rest.ok('DeleteSnapshot', File='/v', UUID=uuid)
+    assert store.engine.list_snapshots('/v') == []
+    assert rest.ok('GetFileSnapshotInfo', File='/v')['TotalCount'] == 0
+    rest.ok('DeleteFile', File='/v')
+
+
+def test_delete_snapshot_refusals(rest: RestClient, store: curvefuse.Store) -> None:
+    rest.ok('CreateFile', File='/v', Size=1)
+    rest.ok('CreateSnapshot', File='/v', Name='s')
+    rest.fails(-8, 'DeleteSnapshot', File='/v', Name='nothing')
+    rest.fails(-8, 'DeleteSnapshot', File='/v', UUID='nothing')
+    rest.fails(-8, 'DeleteSnapshot', File='/nothing', Name='s')
+    rest.fails(-7, 'DeleteSnapshot', File='/v', Name='s', user='bob')
+    for query in ('', '&Name=', '&UUID=', '&Name=a/b'):
+        unchanged(store, rest, -5, f'Action=DeleteSnapshot&{BASE}&File=/v{query}')
+    assert [s.name for s in store.engine.list_snapshots('/v')] == ['s']
+
+
+# -- clones and flatten ---------------------------------------------------------------------------
+
+def clone_of(rest: RestClient, store: curvefuse.Store, data: bytes = b's' * 4096,
+             **params: Any) -> None:
+    """/src (1 GiB, data at 0) snapshotted as snap and cloned to /clone."""
+    rest.ok('CreateFile', File='/src', Size=1)
+    with store.open('/src', 'r+b') as vol:
+        vol.write(data)
+    rest.ok('CreateSnapshot', File='/src', Name='snap')
+    rest.ok('Clone', File='/src', Name='snap', Destination='/clone', **params)
+
+
+def test_clone_is_listed_unflattened_and_reads_the_snapshot(rest: RestClient,
+                                                            store: curvefuse.Store) -> None:
+    clone_of(rest, store)
+    with store.open('/src', 'r+b') as vol:
+        vol.write(b'n' * 4096)  # after the snapshot: not in the clone
+    with store.open('/clone', 'rb') as vol:
+        assert vol.read(4096) == b's' * 4096
+    [info] = rest.ok('ListFile', File='/clone')['FileInfos']
+    assert set(info) == FILE_INFO_KEYS
+    assert (info['File'], info['User'], info['Type'], info['FileLength']) == \
+        ('/clone', 'curve', 0, GiB)
+    assert (info['Status'], info['Readonly']) == (2, False)  # 2: unflattened
+    assert 0 <= info['Progress'] < 100
+    assert store.engine.children('/src', 'snap') == ['/clone']
+
+
+def test_readonly_clone(rest: RestClient, store: curvefuse.Store, cbd: CBDClient) -> None:
+    clone_of(rest, store, Readonly='true')
+    [info] = rest.ok('ListFile', File='/clone')['FileInfos']
+    assert info['Readonly'] is True
+    fd = cbd.Open('/clone', user('curve'))
+    assert cbd.Write(fd, b'x' * 4096, 0, 4096) == -32  # READONLY, as release 1.5's client
+    assert cbd.Close(fd) == 0
+    rest.ok('Clone', File='/src', Name='snap', Destination='/rw', Readonly='False')
+    assert rest.ok('ListFile', File='/rw')['FileInfos'][0]['Readonly'] is False
+
+
+def test_clone_onto_an_existing_path(rest: RestClient, store: curvefuse.Store) -> None:
+    clone_of(rest, store)
+    rest.ok('Clone', File='/src', Name='snap', Destination='/clone')  # a retry: success
+    rest.ok('CreateFile', File='/other', Size=1)
+    rest.ok('CreateSnapshot', File='/src', Name='snap2')
+    before = namespace(store.engine)
+    rest.fails(-19, 'Clone', File='/src', Name='snap', Destination='/other')
+    rest.fails(-19, 'Clone', File='/src', Name='snap', Destination='/src')
+    rest.fails(-19, 'Clone', File='/src', Name='snap', Destination='/clone', Readonly='true')
+    rest.fails(-19, 'Clone', File='/src', Name='snap2', Destination='/clone')
+    store.mkdir('/dir')
+    rest.fails(-19, 'Clone', File='/src', Name='snap', Destination='/dir', user='root')
+    assert namespace(store.engine) == sorted(before + [('/dir', True, 0, 'root', 1)])
+    assert store.engine.children('/src', 'snap') == ['/clone']
+
+
+def test_clone_refusals(rest: RestClient, store: curvefuse.Store) -> None:
+    clone_of(rest, store)
+    rest.fails(-8, 'Clone', File='/src', Name='nothing', Destination='/c2')
+    rest.fails(-8, 'Clone', File='/nothing', Name='snap', Destination='/c2')
+    rest.fails(-8, 'Clone', File='/src', Name='snap', Destination='/no/dir/c2')
+    rest.fails(-8, 'Clone', File='/src', Name='snap', Destination='/c2', Poolset='ssd')
+    rest.fails(-7, 'Clone', File='/src', Name='snap', Destination='/c2', user='bob')
+    for query in ('', '&Name=snap', '&Destination=/c2', '&Name=snap&Destination=/c2/',
+                  '&Name=snap&Destination=c2', '&Name=a@b&Destination=/c2',
+                  '&Name=snap&Destination=/c2&Readonly=yes',
+                  '&Name=snap&Destination=/c2&Readonly=2'):
+        unchanged(store, rest, -5, f'Action=Clone&{BASE}&File=/src{query}')
+    assert not store.exists('/c2')
+
+
+def test_delete_snapshot_with_clones_is_occupied(rest: RestClient,
+                                                 store: curvefuse.Store) -> None:
+    clone_of(rest, store)
+    before = store.engine.get_snapshot('/src', 'snap')
+    rest.fails(-23, 'DeleteSnapshot', File='/src', Name='snap')
+    rest.fails(-23, 'DeleteSnapshot', File='/src', UUID=before.uuid)
+    assert store.engine.get_snapshot('/src', 'snap') == before  # still there, still protected
+    rest.ok('Clone', File='/src', Name='snap', Destination='/clone2')  # so still clonable
+    rest.ok('DeleteFile', File='/clone')
+    rest.ok('DeleteFile', File='/clone2')
+    # In the recycle bin the clones still read the snapshot (they can be recovered) ...
+    rest.fails(-23, 'DeleteSnapshot', File='/src', Name='snap')
+    for recycled in store.listdir('/RecycleBin'):  # ... until they are destroyed
+        rest.ok('DeleteFile', File=f'/RecycleBin/{recycled.name}', user='root')
+    rest.ok('DeleteSnapshot', File='/src', Name='snap')
+    assert store.engine.list_snapshots('/src') == []
+
+
+def wait_flattened(rest: RestClient, path: str, timeout: float = 60) -> list[tuple[int, int]]:
+    """Poll ListFile until the clone at path is done; the (Status, Progress) pairs seen."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        [info] = rest.ok('ListFile', File=path)['FileInfos']
+        seen.append((info['Status'], info['Progress']))
+        if info['Status'] == 0:
+            return seen
+        time.sleep(0.005)
+    raise AssertionError(f'{path} still not flattened: {seen[-5:]}')
+
+
+def test_flatten_shows_progress_and_cuts_the_link(data_dir: Path) -> None:
+    """With 1 MiB chunks a 1 GiB clone flattens in 1024 committed steps (half a second here),
+    so ListFile right after Flatten sees it flattening (Status 1) with Progress growing."""
+    data = bytes(range(256)) * 32 * 1024  # 8 MiB
+    with curvefuse.open_store(str(data_dir), create=True, chunk_size=2**20) as store, \
+            ServerThread(data_dir) as rest:
+        clone_of(rest, store, data=data)
+        body = rest.ok('Flatten', File='/clone')
+        assert set(body) == {'Code', 'Message', 'RequestId'}
+        [info] = rest.ok('ListFile', File='/clone')['FileInfos']
+        assert info['Status'] == 1 and 0 <= info['Progress'] < 100
+        rest.fails(-23, 'DeleteFile', File='/clone')  # being flattened: occupied
+        rest.ok('Flatten', File='/clone')  # already flattening: success, as in Curve
+        seen = wait_flattened(rest, '/clone')
+        assert seen[-1] == (0, 100)
+        assert {status for status, _ in seen[:-1]} <= {1}
+        progress = [p for _, p in seen]
+        assert progress == sorted(progress) and len(set(progress)) > 2
+        assert store.engine.children('/src', 'snap') == []
+        rest.ok('DeleteSnapshot', File='/src', Name='snap')  # the clone no longer needs it
+        with store.open('/clone', 'rb') as vol:
+            assert vol.read(len(data)) == data
+        rest.ok('Flatten', File='/clone')  # not a clone any more: a no-op, as in Curve
+        rest.ok('Flatten', File='/src')
+
+
+def test_flatten_refusals(rest: RestClient, store: curvefuse.Store) -> None:
+    clone_of(rest, store)
+    rest.fails(-7, 'Flatten', File='/clone', user='bob')
+    rest.fails(-8, 'Flatten', File='/nothing')
+    for query in ('', '&File=', '&File=/clone/', '&UUID=abc'):
+        unchanged(store, rest, -5, f'Action=Flatten&{BASE}{query}')
+    [info] = rest.ok('ListFile', File='/clone')['FileInfos']
+    assert info['Status'] == 2
