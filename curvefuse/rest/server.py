@@ -96,9 +96,10 @@ def run_server(data_dir: str, listen: str = DEFAULT_LISTEN) -> None:
         sock.close()
         raise
     try:
+        engine.resume_flattens()  # flattens whose process died: this server takes them up
         trio.run(_serve_until_signalled, engine, sock)
     finally:
-        engine.close()
+        engine.close()  # a flatten still running stops after its chunk; the next start resumes
     log.info('REST API for %s stopped', data_dir)
 
 

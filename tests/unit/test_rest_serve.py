@@ -17,6 +17,7 @@ import curvefuse
 from curvefuse.cli import build_parser
 
 from ..rest_helpers import RestClient, ServeProcess, UUID_RE
+from ..util import log_problems
 
 GiB = 2**30
 
@@ -168,3 +169,42 @@ def test_what_is_not_http_is_refused_by_the_http_stack(served: ServeProcess) -> 
                           b'&Dir=/ HTTP/1.0\r\n\r\n')
     assert answer.startswith(b'HTTP/1.1 200 ') and b'"Code": "0"' in answer
     served.stop()
+
+
+def test_a_flatten_stopped_with_its_server_resumes_with_the_next(tmp_path: Path,
+                                                                 data_dir: Path) -> None:
+    """A 64 GiB clone in 1 MiB chunks takes tens of seconds to flatten: the server is stopped
+    halfway, and the next server on the store takes the flatten up where it was."""
+    with curvefuse.open_store(str(data_dir), create=True, chunk_size=2**20):
+        pass
+    servers = [ServeProcess(data_dir, tmp_path / f'serve{n}.log') for n in range(2)]
+    try:
+        client = servers[0].start()
+        client.ok('CreateFile', File='/src', Size=64)
+        client.ok('CreateSnapshot', File='/src', Name='s')
+        client.ok('Clone', File='/src', Name='s', Destination='/c')
+        client.ok('Flatten', File='/c')
+        before = progress_of(client, '/c', above=0)
+        servers[0].stop()
+
+        client = servers[1].start()
+        assert 'resuming the flatten of volume' in servers[1].log.read_text()
+        [info] = client.ok('ListFile', File='/c')['FileInfos']
+        assert info['Status'] == 1 and info['Progress'] >= before[1]  # not from the start
+        assert progress_of(client, '/c', above=info['Progress'])[0] == 1
+        servers[1].stop()
+    finally:
+        for server in servers:
+            server.kill()
+    assert not any(log_problems(server.log) for server in servers)
+
+
+def progress_of(client: RestClient, path: str, above: int) -> tuple[int, int]:
+    """(Status, Progress) of the clone at path once its progress is above `above`."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        [info] = client.ok('ListFile', File=path)['FileInfos']
+        if info['Progress'] > above:
+            return info['Status'], info['Progress']
+        time.sleep(0.05)
+    raise AssertionError(f'{path}: progress stuck at {info["Progress"]}')
