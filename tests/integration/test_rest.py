@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,8 @@ def test_mount_daemon_serves_rest(daemon_factory, cbd: CBDClient) -> None:
         client.fails(-23, 'DeleteFile', File='/vol')  # open through the mount: occupied
     client.ok('DeleteFile', File='/vol')
     assert not (mnt / 'vol').exists()
-    assert [p.name for p in (mnt / 'RecycleBin').iterdir()][0].startswith('vol-')
+    [recycled] = client.ok('ListFile', Dir='/RecycleBin', user='root')['FileInfos']
+    assert recycled['File'].startswith('/RecycleBin/vol-')
 
     (mnt / 'made-in-mount').mkdir()
     (mnt / 'made-in-mount' / 'disk').write_bytes(b'd' * 8192)
@@ -60,7 +62,7 @@ def test_mount_daemon_serves_rest(daemon_factory, cbd: CBDClient) -> None:
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((host, int(port)), timeout=5).close()
     request_lines = [line for line in daemon.log.read_text().splitlines() if ' -> ' in line]
-    assert len(request_lines) == 4
+    assert len(request_lines) == 5
 
 
 def test_mount_refuses_a_busy_rest_port(daemon_factory) -> None:
@@ -98,4 +100,44 @@ def test_serve_beside_the_mount_and_cbdclient(mounted: Daemon, served: ServeProc
     assert names == {'/RecycleBin', '/disk', '/from-rest', '/from-cbd'}
     client.ok('DeleteFile', File='/from-cbd')
     assert not (mnt / 'from-cbd').exists()
+    served.stop()
+
+
+def test_snapshot_and_clone_of_a_volume_written_through_the_mount(
+        mounted: Daemon, served: ServeProcess, cbd: CBDClient) -> None:
+    """What was fsynced through the mount is in a snapshot `curvefuse serve` takes; later
+    writes are not; its clone reads the snapshot through the mount and CBDClient alike, and
+    ListFile follows the clone through Flatten."""
+    client = served.start()
+    mnt = mounted.mountpoint
+    client.ok('CreateFile', File='/vm', Size=1)
+    write_through_mount(mnt / 'vm', 3 * MiB, b'1' * MiB)  # fsynced
+    client.ok('CreateSnapshot', File='/vm', Name='before')
+    write_through_mount(mnt / 'vm', 3 * MiB, b'2' * MiB)
+    client.ok('Clone', File='/vm', Name='before', Destination='/vm-clone', Readonly='true')
+
+    with open(mnt / 'vm-clone', 'rb') as fh:
+        fh.seek(3 * MiB)
+        assert fh.read(MiB) == b'1' * MiB
+    fd = cbd.Open('/vm-clone', CURVE)
+    assert cbd.Read(fd, None, 3 * MiB, 4096) == b'1' * 4096
+    assert cbd.Write(fd, b'x' * 4096, 0, 4096) == -32  # READONLY: Readonly=true holds
+    assert cbd.Close(fd) == 0
+    with open(mnt / 'vm', 'rb') as fh:
+        fh.seek(3 * MiB)
+        assert fh.read(MiB) == b'2' * MiB
+
+    [info] = client.ok('ListFile', File='/vm-clone')['FileInfos']
+    assert (info['Status'], info['Readonly']) == (2, True)
+    client.fails(-23, 'DeleteSnapshot', File='/vm', Name='before')
+    client.ok('Flatten', File='/vm-clone')
+    deadline = time.monotonic() + 60
+    while client.ok('ListFile', File='/vm-clone')['FileInfos'][0]['Status'] != 0:
+        assert time.monotonic() < deadline, 'the flatten did not finish'
+        time.sleep(0.05)
+    client.ok('DeleteSnapshot', File='/vm', Name='before')
+    with open(mnt / 'vm-clone', 'rb') as fh:
+        fh.seek(3 * MiB)
+        assert fh.read(MiB) == b'1' * MiB
+    assert client.ok('GetFileSnapshotInfo', File='/vm')['TotalCount'] == 0
     served.stop()
