@@ -572,3 +572,20 @@ def test_flatten_refusals(rest: RestClient, store: curvefuse.Store) -> None:
         unchanged(store, rest, -5, f'Action=Flatten&{BASE}{query}')
     [info] = rest.ok('ListFile', File='/clone')['FileInfos']
     assert info['Status'] == 2
+
+
+def test_snapshots_taken_by_other_doors(rest: RestClient, store: curvefuse.Store) -> None:
+    """A snapshot taken unprotected through the engine cannot be cloned (-9, the engine's
+    NotProtectedError); REST's DeleteSnapshot deletes it as well as protected ones."""
+    rest.ok('CreateFile', File='/v', Size=1)
+    store.engine.create_snapshot('/v', 'plain', user='curve')
+    [info] = rest.ok('GetFileSnapshotInfo', File='/v')['Snapshots']
+    assert info['Name'] == 'plain' and info['User'] == 'curve'
+    rest.fails(-9, 'Clone', File='/v', Name='plain', Destination='/c')
+    assert not store.exists('/c')
+    store.engine.protect_snapshot('/v', 'plain')
+    rest.ok('Clone', File='/v', Name='plain', Destination='/c')
+    rest.ok('DeleteFile', File='/c')
+    rest.ok('DeleteFile', File=f'/RecycleBin/{store.listdir("/RecycleBin")[0].name}',
+            user='root')
+    rest.ok('DeleteSnapshot', File='/v', Name='plain')
