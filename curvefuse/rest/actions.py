@@ -208,11 +208,12 @@ def list_file(engine: Engine, req: Request) -> Fields:
     directory = None if file is not None else req.path('Dir', volume=False)
     page = req.page()
     if file is not None:
-        infos = [file_info(engine, file, engine.stat(file, user))]
+        entries = [(file, engine.stat(file, user))]
     else:
         nodes = engine.listdir(directory, None if directory == '/' else user)
-        infos = [file_info(engine, _join(directory, node.name), node) for node in nodes]
-    return {'TotalCount': len(infos), 'FileInfos': infos[page]}
+        entries = [(_join(directory, node.name), node) for node in nodes]
+    return {'TotalCount': len(entries),
+            'FileInfos': [file_info(engine, path, node) for path, node in entries[page]]}
 
 
 # -- snapshots and clones -------------------------------------------------------------------------
@@ -236,11 +237,19 @@ def snapshot_info(path: str, snap: SnapshotInfo) -> Fields:
     }
 
 
-def _by_uuid(engine: Engine, path: str, uuid: str, user: str) -> SnapshotInfo:
-    for snap in engine.list_snapshots(path, user):
-        if snap.uuid == uuid:
+def _chosen_snapshot(engine: Engine, path: str, user: str, name: str | None,
+                     uuid: str | None) -> SnapshotInfo:
+    """The snapshot of path named by name, by uuid, or by both (which must then agree)."""
+    if name is not None:
+        snap = engine.get_snapshot(path, name, user)
+        if uuid is None or snap.uuid == uuid:
             return snap
-    raise NotFoundError(f'{path} has no snapshot with UUID {uuid}')
+    else:
+        for snap in engine.list_snapshots(path, user):
+            if snap.uuid == uuid:
+                return snap
+    raise NotFoundError(f'{path} has no snapshot with UUID {uuid}'
+                        + (f' named {name!r}' if name is not None else ''))
 
 
 @action('CreateSnapshot')
@@ -254,36 +263,31 @@ def create_snapshot(engine: Engine, req: Request) -> Fields:
 
 @action('DeleteSnapshot')
 def delete_snapshot(engine: Engine, req: Request) -> Fields:
-    """Delete File's snapshot Name (or UUID): unprotected first, so clones still reading from it
-    make this -23, and then it stays as it was."""
+    """Delete File's snapshot Name (or UUID, or both, which must agree): unprotected first, so
+    clones still reading from it make this -23, and then it stays as it was."""
     path, user = req.path('File'), req.user
-    name = req.snapshot_name(required=False)
-    uuid = req.text('UUID', required=False) if name is None else None
+    name, uuid = req.snapshot_name(required=False), req.text('UUID', required=False)
     if name is None and uuid is None:
         raise BadRequestError('parameter Name or UUID is missing')
-    if name is None:
-        name = _by_uuid(engine, path, uuid, user).name
-    engine.delete_snapshot(path, name, user=user, unprotect=True)
+    snap = _chosen_snapshot(engine, path, user, name, uuid)
+    # By name: the engine has no delete by UUID. A snapshot deleted and taken again under the
+    # same name between the two calls would go instead; both need this user's rights anyway.
+    engine.delete_snapshot(path, snap.name, user=user, unprotect=True)
     return {}
 
 
 @action('GetFileSnapshotInfo')
 def get_file_snapshot_info(engine: Engine, req: Request) -> Fields:
-    """File's snapshots, oldest first (or the one named by Name or UUID), a page of Limit."""
+    """File's snapshots, oldest first (or the one named by Name and/or UUID), a page of Limit."""
     path, user = req.path('File'), req.user
-    name = req.snapshot_name(required=False)
-    uuid = req.text('UUID', required=False)
+    name, uuid = req.snapshot_name(required=False), req.text('UUID', required=False)
     page = req.page()
-    if name is not None:
-        snaps = [engine.get_snapshot(path, name, user)]
-        if uuid is not None and snaps[0].uuid != uuid:
-            raise NotFoundError(f'{path}@{name} does not have UUID {uuid}')
-    elif uuid is not None:
-        snaps = [_by_uuid(engine, path, uuid, user)]
-    else:
+    if name is None and uuid is None:
         snaps = engine.list_snapshots(path, user)
-    infos = [snapshot_info(path, snap) for snap in snaps]
-    return {'TotalCount': len(infos), 'Snapshots': infos[page]}
+    else:
+        snaps = [_chosen_snapshot(engine, path, user, name, uuid)]
+    return {'TotalCount': len(snaps),
+            'Snapshots': [snapshot_info(path, snap) for snap in snaps[page]]}
 
 
 @action('Clone')

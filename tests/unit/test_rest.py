@@ -589,3 +589,14 @@ def test_snapshots_taken_by_other_doors(rest: RestClient, store: curvefuse.Store
     rest.ok('DeleteFile', File=f'/RecycleBin/{store.listdir("/RecycleBin")[0].name}',
             user='root')
     rest.ok('DeleteSnapshot', File='/v', Name='plain')
+
+
+def test_delete_snapshot_by_name_and_uuid_that_disagree(rest: RestClient,
+                                                        store: curvefuse.Store) -> None:
+    rest.ok('CreateFile', File='/v', Size=1)
+    uuid_a = rest.ok('CreateSnapshot', File='/v', Name='a')['UUID']
+    uuid_b = rest.ok('CreateSnapshot', File='/v', Name='b')['UUID']
+    rest.fails(-8, 'DeleteSnapshot', File='/v', Name='a', UUID=uuid_b)
+    assert [s.name for s in store.engine.list_snapshots('/v')] == ['a', 'b']
+    rest.ok('DeleteSnapshot', File='/v', Name='a', UUID=uuid_a)
+    assert [s.uuid for s in store.engine.list_snapshots('/v')] == [uuid_b]
