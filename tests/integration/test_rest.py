@@ -3,6 +3,7 @@ daemon itself (`-o rest=...`) and by a separate `curvefuse serve` process."""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
@@ -106,22 +107,34 @@ def test_serve_beside_the_mount_and_cbdclient(mounted: Daemon, served: ServeProc
 def test_snapshot_and_clone_of_a_volume_written_through_the_mount(
         mounted: Daemon, served: ServeProcess, cbd: CBDClient) -> None:
     """What was fsynced through the mount is in a snapshot `curvefuse serve` takes; later
-    writes are not; its clone reads the snapshot through the mount and CBDClient alike, and
-    ListFile follows the clone through Flatten."""
+    writes are not; the mount's .snapshots and the API show the same snapshots; a clone reads
+    the snapshot through the mount and CBDClient alike, and ListFile follows it through
+    Flatten."""
     client = served.start()
     mnt = mounted.mountpoint
     client.ok('CreateFile', File='/vm', Size=1)
     write_through_mount(mnt / 'vm', 3 * MiB, b'1' * MiB)  # fsynced
     client.ok('CreateSnapshot', File='/vm', Name='before')
     write_through_mount(mnt / 'vm', 3 * MiB, b'2' * MiB)
+    with open(mnt / '.snapshots' / 'vm' / 'before', 'rb') as fh:  # the mount shows it
+        fh.seek(3 * MiB)
+        assert fh.read(MiB) == b'1' * MiB
+    (mnt / '.snapshots' / 'vm' / 'after').touch()  # a snapshot taken in the mount ...
+    names = [s['Name'] for s in client.ok('GetFileSnapshotInfo', File='/vm')['Snapshots']]
+    assert names == ['before', 'after']  # ... is one for the API too
+    client.ok('DeleteSnapshot', File='/vm', Name='after')
+    assert not (mnt / '.snapshots' / 'vm' / 'after').exists()
     client.ok('Clone', File='/vm', Name='before', Destination='/vm-clone', Readonly='true')
 
     with open(mnt / 'vm-clone', 'rb') as fh:
         fh.seek(3 * MiB)
         assert fh.read(MiB) == b'1' * MiB
+    with pytest.raises(OSError) as refused:
+        open(mnt / 'vm-clone', 'r+b').close()
+    assert refused.value.errno == errno.EROFS  # Readonly=true holds in the mount ...
     fd = cbd.Open('/vm-clone', CURVE)
     assert cbd.Read(fd, None, 3 * MiB, 4096) == b'1' * 4096
-    assert cbd.Write(fd, b'x' * 4096, 0, 4096) == -32  # READONLY: Readonly=true holds
+    assert cbd.Write(fd, b'x' * 4096, 0, 4096) == -32  # ... and for CBDClient (READONLY)
     assert cbd.Close(fd) == 0
     with open(mnt / 'vm', 'rb') as fh:
         fh.seek(3 * MiB)
