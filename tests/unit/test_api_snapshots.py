@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import errno
 import io
+import subprocess
+import sys
+import textwrap
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -130,28 +134,64 @@ def test_clone_flatten_and_clone_state(disk: curvefuse.Store) -> None:
 
 
 def test_background_flatten_reports_progress(store: curvefuse.Store) -> None:
-    """flatten(wait=False) returns at once; clone_state says flattening (32 chunks to copy take
-    far longer than the calls after it) and the clone is busy until it is done."""
-    chunk = store.chunk_size
-    store.create('/big', 32 * chunk)
-    with store.open('/big', 'r+b') as vol:
-        for index in range(32):
-            vol.pwrite(b'x', index * chunk)
-    store.snapshot('/big', 's', protect=True)
-    store.clone('/big', 's', '/copy')
+    """flatten(wait=False) returns at once; clone_state says flattening and the clone is busy
+    until it is done."""
+    _clone_of_many_chunks(store)
     store.flatten('/copy', wait=False)
     state = store.clone_state('/copy')
     assert state is not None and state.flattening and 0 <= state.progress < 100
     with pytest.raises(BusyError) as info:
         store.remove('/copy')
     assert (info.value.code, info.value.errno) == (-15, errno.EBUSY)
-    deadline = time.monotonic() + 120
-    while store.flatten_progress('/copy') < 100:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    _wait_flattened(store, '/copy')
     assert store.clone_state('/copy') is None
     with store.open('/copy') as copy:
-        assert [copy.pread(1, index * chunk) for index in range(32)] == [b'x'] * 32
+        assert [copy.pread(1, index * store.chunk_size) for index in range(32)] == [b'x'] * 32
+
+
+def _clone_of_many_chunks(store: curvefuse.Store, chunks: int = 32) -> None:
+    """/copy: a clone whose flatten copies `chunks` chunks (far longer than a few calls take)."""
+    chunk = store.chunk_size
+    store.create('/big', chunks * chunk)
+    with store.open('/big', 'r+b') as vol:
+        for index in range(chunks):
+            vol.pwrite(b'x', index * chunk)
+    store.snapshot('/big', 's', protect=True)
+    store.clone('/big', 's', '/copy')
+
+
+def _wait_flattened(store: curvefuse.Store, path: str) -> None:
+    deadline = time.monotonic() + 120
+    while store.flatten_progress(path) < 100:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_flatten_given_up_at_close_is_taken_up_by_another_process(
+        store: curvefuse.Store, data_dir: Path, tmp_path: Path) -> None:
+    """A process that starts a flatten and closes its store, but lives on, gives the flatten up:
+    the clone is not busy, and another process's flatten finishes it."""
+    _clone_of_many_chunks(store)
+    starter = subprocess.Popen([sys.executable, '-c', textwrap.dedent(f'''
+        import time, curvefuse
+        store = curvefuse.open_store({str(data_dir)!r})
+        store.flatten('/copy', wait=False)
+        store.close()
+        print('closed', flush=True)
+        time.sleep(120)
+    ''')], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        assert starter.stdout.readline() == 'closed\n'
+        assert store.clone_state('/copy').progress < 100
+        store.rename('/copy', '/moved')
+        store.flatten('/moved', wait=False)
+        _wait_flattened(store, '/moved')
+    finally:
+        starter.kill()
+        starter.wait()
+        starter.stdout.close()
+    with store.open('/moved') as copy:
+        assert [copy.pread(1, index * store.chunk_size) for index in range(32)] == [b'x'] * 32
 
 
 def test_read_only_clone_refuses_writes(disk: curvefuse.Store) -> None:
