@@ -6,21 +6,21 @@ raises RuntimeError("ListDir failed") as Curve's does. Where this differs from C
 the README's compatibility table says so.
 
 Snapshots and clones follow Curve release1.5's local snapshots (its `curve bs` tool commands;
-Curve's Python binding has none), with a snapshot named as Curve names it, ``/vol@snap``:
+Curve's Python binding has none), a snapshot being named as Curve names it, ``/vol@snap``:
 
-``CreateSnapshot(snappath, user)``              0; the snapshot starts unprotected, as the MDS makes it
-``ListSnapshot(filename, user)``                the snapshot names (str), oldest first
-``DeleteSnapshot(snappath, user)``              0; a protected one gives -100, one with clones -15
-``ProtectSnapshot`` / ``UnprotectSnapshot(snappath, user)``  0 (idempotent); unprotect with clones -15
-``Clone(snappath, dstpath, user, readonly=False)``  0; the snapshot must be protected (else -100)
-``Flatten(filename, user)``                     0 at once; the copy runs in the background
-``QueryFlattenStatus(filename, user)``          progress 0-100 (100 for a volume that is no clone)
-``Children(path, user)``                        clone paths (str) of ``/vol@snap``, or of all of /vol's
-``Rollback(snappath, user)``                    0; the volume must be closed (-15), with no newer
-                                                snapshot (-7)
+- ``CreateSnapshot(snappath, user)``: 0; the snapshot starts unprotected, as the MDS makes it.
+- ``ListSnapshot(filename, user)``: the snapshot names (str), oldest first.
+- ``DeleteSnapshot(snappath, user)``: 0; a protected one gives -100, one with clones -15.
+- ``ProtectSnapshot`` / ``UnprotectSnapshot(snappath, user)``: 0, idempotent; unprotecting one
+  with clones gives -15.
+- ``Clone(snappath, dstpath, user, readonly=False)``: 0; the snapshot must be protected (-100).
+- ``Flatten(filename, user)``: 0 at once; the copy runs in a background thread.
+- ``QueryFlattenStatus(filename, user)``: progress 0-100 (100 for a volume that is no clone).
+- ``Children(path, user)``: clone paths (str) of ``/vol@snap``, or of all of ``/vol``'s snapshots.
+- ``Rollback(snappath, user)``: 0; the volume must be closed (-15) and have no newer snapshot (-7).
 
-``Open("/vol@snap", user)`` gives a read-only fd (Write answers -32 READONLY, as a read-only
-clone's), ``StatFile("/vol@snap", ...)`` the snapshot's FileInfo_t (filetype
+``Open("/vol@snap", user)`` gives a read-only fd (Write answers -32 READONLY, as for a read-only
+clone), ``StatFile("/vol@snap", ...)`` the snapshot's FileInfo_t (filetype
 INODE_SNAPSHOT_PAGEFILE 4). A clone states filetype INODE_CLONE_PAGEFILE 5 until flattened, and
 fileStatus FLATTENING 6 while a flatten is under way. Curve splits at the last "@"; where a volume
 of the literal name ``/vol@snap`` exists, Open and StatFile mean that volume (it was there first).
@@ -44,9 +44,8 @@ from typing import Any, TypeVar
 
 from . import DEFAULT_DATA_DIR
 from .api import Store, Volume, open_store
-from .engine import BLOCK_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_ROOT_PASSWORD
+from .engine import BLOCK_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_ROOT_PASSWORD, split_snapshot_path
 from .engine.store import encoded
-from .engine import split_snapshot_path
 from .errors import (AccessError, BadHandleError, CurveCode, EngineError, InvalidArgumentError, NotAlignedError,
                      codes_for)
 

@@ -144,7 +144,8 @@ def test_statfile_of_a_snapshot(cbd: CBDClient) -> None:
         (CURVE_INODE_SNAPSHOT_PAGEFILE, volume.id, VOL_LEN)
     assert finfo.id not in (0, volume.id)
     assert before_us <= finfo.ctime <= after_us
-    assert (finfo.filename, finfo.owner, finfo.fileStatus) == ('monday', 'alice', CURVE_FILE_CREATED)
+    assert (finfo.filename, finfo.owner, finfo.fileStatus) == \
+        ('monday', 'alice', CURVE_FILE_CREATED)
     assert stat(cbd, '/v').filetype == CURVE_INODE_PAGEFILE
     assert stat(cbd, '/v').length == 2 * VOL_LEN
 
