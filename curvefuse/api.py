@@ -90,6 +90,9 @@ class Snapshot:
     created: datetime
     protected: bool
     clones: int  # how many clones depend on it
+    id: int  # unique among entry and snapshot ids
+    volume_id: int
+    owner: str  # the volume's owner
 
     @property
     def path(self) -> str:
@@ -99,7 +102,7 @@ class Snapshot:
     @classmethod
     def from_info(cls, volume: str, info: SnapshotInfo) -> 'Snapshot':
         return cls(volume, info.name, info.uuid, info.length, _when(info.created_ns),
-                   info.protected, len(info.children))
+                   info.protected, len(info.children), info.id, info.vol_id, info.owner)
 
 
 def open_store(data_dir: str, *, create: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -233,6 +236,18 @@ class Store:
         return [Snapshot.from_info(path, info)
                 for info in self._engine.list_snapshots(path, self.user)]
 
+    def get_snapshot(self, path: str, name: str) -> Snapshot:
+        """One snapshot of the volume (NotFoundError if it has none of that name)."""
+        return Snapshot.from_info(path, self._engine.get_snapshot(path, name, self.user))
+
+    def snapshot_of(self, path: str) -> tuple[str, str] | None:
+        """(volume path, snapshot name) when path is Curve's "vol@snap" (split at the last "@")
+        and no volume of that literal name exists, which would win; else None."""
+        volume, snapshot = split_snapshot_path(path)
+        if snapshot is None or self.exists(path):
+            return None
+        return volume, snapshot
+
     def delete_snapshot(self, path: str, name: str, *, unprotect: bool = False) -> None:
         """Delete a snapshot and free what only it used. A protected one needs `unprotect`;
         one with clones is refused (`BusyError`)."""
@@ -297,11 +312,11 @@ class Store:
         a snapshot ('rb' only)."""
         if mode not in ('rb', 'r+b', 'rb+'):
             raise InvalidArgumentError(f"mode must be 'rb' or 'r+b', not {mode!r}")
-        volume, snapshot = split_snapshot_path(path)
-        if snapshot is not None and not self.exists(path):
+        snapshot = self.snapshot_of(path)
+        if snapshot is not None:
             if mode != 'rb':
                 raise ReadOnlyError(f'{path} is a snapshot; open it with mode "rb"')
-            return Volume(self._engine.open_snapshot(volume, snapshot, self.user), path, mode)
+            return Volume(self._engine.open_snapshot(*snapshot, self.user), path, mode)
         handle = self._engine.open_volume(path, self.user, writable=mode != 'rb')
         return Volume(handle, path, mode)
 

@@ -5,6 +5,26 @@ Curve code on failure (see `curvefuse.errors.CurveCode`); none raises, except `L
 raises RuntimeError("ListDir failed") as Curve's does. Where this differs from Curve on purpose,
 the README's compatibility table says so.
 
+Snapshots and clones follow Curve release1.5's local snapshots (its `curve bs` tool commands;
+Curve's Python binding has none), a snapshot being named as Curve names it, ``/vol@snap``:
+
+- ``CreateSnapshot(snappath, user)``: 0; the snapshot starts unprotected, as the MDS makes it.
+- ``ListSnapshot(filename, user)``: the snapshot names (str), oldest first.
+- ``DeleteSnapshot(snappath, user)``: 0; a protected one gives -100, one with clones -15.
+- ``ProtectSnapshot`` / ``UnprotectSnapshot(snappath, user)``: 0, idempotent; unprotecting one
+  with clones gives -15.
+- ``Clone(snappath, dstpath, user, readonly=False)``: 0; the snapshot must be protected (-100).
+- ``Flatten(filename, user)``: 0 at once; the copy runs in a background thread.
+- ``QueryFlattenStatus(filename, user)``: progress 0-100 (100 for a volume that is no clone).
+- ``Children(path, user)``: clone paths (str) of ``/vol@snap``, or of all of ``/vol``'s snapshots.
+- ``Rollback(snappath, user)``: 0; the volume must be closed (-15) and have no newer snapshot (-7).
+
+``Open("/vol@snap", user)`` gives a read-only fd (Write answers -32 READONLY, as for a read-only
+clone), ``StatFile("/vol@snap", ...)`` the snapshot's FileInfo_t (filetype
+INODE_SNAPSHOT_PAGEFILE 4). A clone states filetype INODE_CLONE_PAGEFILE 5 until flattened, and
+fileStatus FLATTENING 6 while a flatten is under way. Curve splits at the last "@"; where a volume
+of the literal name ``/vol@snap`` exists, Open and StatFile mean that volume (it was there first).
+
 client.conf keys read by `Init` (``key=value`` lines, ``#`` comments, unknown keys ignored, so a
 real Curve client.conf with one line added works):
 
@@ -19,11 +39,12 @@ import functools
 import logging
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from . import DEFAULT_DATA_DIR
 from .api import Store, Volume, open_store
-from .engine import BLOCK_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_ROOT_PASSWORD
+from .engine import BLOCK_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_ROOT_PASSWORD, split_snapshot_path
 from .engine.store import encoded
 from .errors import (AccessError, BadHandleError, CurveCode, EngineError, InvalidArgumentError, NotAlignedError,
                      codes_for)
@@ -31,15 +52,20 @@ from .errors import (AccessError, BadHandleError, CurveCode, EngineError, Invali
 log = logging.getLogger(__name__)
 T = TypeVar('T')
 
-# Curve's CURVE_FILE_* status values and filetypes (curve_type.h).
+# Curve's CURVE_FILE_* status values and filetypes (curve_type.h); the snapshot and clone
+# filetypes and FLATTENING are the proto's (INODE_SNAPSHOT_PAGEFILE, release1.5's
+# INODE_CLONE_PAGEFILE and kFileFlattening).
 CURVE_FILE_CREATED = 0
 CURVE_FILE_DELETING = 1
 CURVE_FILE_CLONING = 2
 CURVE_FILE_CLONEMETAINSTALLED = 3
 CURVE_FILE_CLONED = 4
 CURVE_FILE_BEINGCLONED = 5
+CURVE_FILE_FLATTENING = 6
 CURVE_INODE_DIRECTORY = 0
 CURVE_INODE_PAGEFILE = 1
+CURVE_INODE_SNAPSHOT_PAGEFILE = 4
+CURVE_INODE_CLONE_PAGEFILE = 5
 
 
 class UserInfo_t:  # noqa: N801 (Curve's name)
@@ -174,12 +200,24 @@ class CBDClient:
     def StatFile(self, filename: str, user: UserInfo_t, finfo: FileInfo_t) -> int:  # noqa: N802
         if not isinstance(finfo, FileInfo_t):
             raise InvalidArgumentError('finfo must be a FileInfo_t')
-        entry = self._as(user).stat(filename)
-        finfo.id, finfo.parentid, finfo.length = entry.id, entry.parent_id, entry.length
-        finfo.filetype = CURVE_INODE_DIRECTORY if entry.is_dir else CURVE_INODE_PAGEFILE
-        finfo.ctime = int(entry.created.timestamp() * 1e6)
-        finfo.filename, finfo.owner = entry.name, entry.owner
-        finfo.fileStatus = entry.status
+        store = self._as(user)
+        snapshot = store.snapshot_of(filename)
+        if snapshot is not None:
+            snap = store.get_snapshot(*snapshot)
+            finfo.id, finfo.parentid, finfo.length = snap.id, snap.volume_id, snap.length
+            finfo.filetype, finfo.fileStatus = CURVE_INODE_SNAPSHOT_PAGEFILE, CURVE_FILE_CREATED
+            finfo.ctime = _microseconds(snap.created)
+            finfo.filename, finfo.owner = snap.name, snap.owner
+        else:
+            entry = store.stat(filename)
+            clone = None if entry.is_dir else store.clone_state(filename)
+            finfo.id, finfo.parentid, finfo.length = entry.id, entry.parent_id, entry.length
+            finfo.filetype = (CURVE_INODE_DIRECTORY if entry.is_dir else
+                              CURVE_INODE_PAGEFILE if clone is None else CURVE_INODE_CLONE_PAGEFILE)
+            finfo.fileStatus = (CURVE_FILE_FLATTENING if clone is not None and clone.flattening
+                                else entry.status)
+            finfo.ctime = _microseconds(entry.created)
+            finfo.filename, finfo.owner = entry.name, entry.owner
         finfo.stripeUnit = finfo.stripeCount = 0
         return 0
 
@@ -247,7 +285,8 @@ class CBDClient:
 
     @_returns_code
     def _open(self, filename: str, user: UserInfo_t) -> int:
-        volume = self._as(user).open(filename, 'r+b')
+        store = self._as(user)
+        volume = store.open(filename, 'r+b' if store.snapshot_of(filename) is None else 'rb')
         with self._lock:
             fd, self._next_fd = self._next_fd, self._next_fd + 1
             self._fds[fd] = volume
@@ -299,6 +338,82 @@ class CBDClient:
             raise InvalidArgumentError(f'length {length} is more than the {len(view)} bytes '
                                        'of buf')
         return volume.handle.write(offset, view[:length])
+
+    # -- snapshots and clones ---------------------------------------------------------------
+
+    @_returns_code
+    def CreateSnapshot(self, snappath: str, user: UserInfo_t) -> int:  # noqa: N802
+        self._as(user).snapshot(*_split_snappath(snappath))
+        return 0
+
+    @_returns_code
+    def ListSnapshot(self, filename: str, user: UserInfo_t) -> list[str]:  # noqa: N802
+        """The volume's snapshot names, oldest first (StatFile("/vol@name") tells more)."""
+        return [snap.name for snap in self._as(user).snapshots(filename)]
+
+    @_returns_code
+    def DeleteSnapshot(self, snappath: str, user: UserInfo_t) -> int:  # noqa: N802
+        self._as(user).delete_snapshot(*_split_snappath(snappath))
+        return 0
+
+    @_returns_code
+    def ProtectSnapshot(self, snappath: str, user: UserInfo_t) -> int:  # noqa: N802
+        self._as(user).protect(*_split_snappath(snappath))
+        return 0
+
+    @_returns_code
+    def UnprotectSnapshot(self, snappath: str, user: UserInfo_t) -> int:  # noqa: N802
+        self._as(user).unprotect(*_split_snappath(snappath))
+        return 0
+
+    @_returns_code
+    def Clone(self, snappath: str, dstpath: str, user: UserInfo_t,  # noqa: N802
+              readonly: bool = False) -> int:
+        if type(readonly) is not bool:
+            raise InvalidArgumentError('readonly must be True or False')
+        volume, name = _split_snappath(snappath)
+        self._as(user).clone(volume, name, dstpath, readonly=readonly)
+        return 0
+
+    @_returns_code
+    def Flatten(self, filename: str, user: UserInfo_t) -> int:  # noqa: N802
+        """Starts the flatten and returns 0 at once, as Curve's; see QueryFlattenStatus."""
+        self._as(user).flatten(filename, wait=False)
+        return 0
+
+    @_returns_code
+    def QueryFlattenStatus(self, filename: str, user: UserInfo_t) -> int:  # noqa: N802
+        """Flatten progress 0-100 (100 for a volume that is not, or no longer, a clone)."""
+        return self._as(user).flatten_progress(filename)
+
+    @_returns_code
+    def Children(self, path: str, user: UserInfo_t) -> list[str]:  # noqa: N802
+        """Clone paths of the snapshot "/vol@snap", or of every snapshot of the volume path."""
+        store = self._as(user)
+        snapshot = store.snapshot_of(path)
+        return store.children(path) if snapshot is None else store.children(*snapshot)
+
+    @_returns_code
+    def Rollback(self, snappath: str, user: UserInfo_t) -> int:  # noqa: N802
+        """The volume gets the snapshot's content and length back (not in Curve)."""
+        self._as(user).rollback(*_split_snappath(snappath))
+        return 0
+
+
+def _split_snappath(snappath: object) -> tuple[str, str]:
+    """Curve's "/vol@snap" as (volume path, snapshot name); -16 for anything else."""
+    if not isinstance(snappath, str):
+        raise InvalidArgumentError(f'the snapshot path must be a string, not '
+                                   f'{type(snappath).__name__}')
+    volume, name = split_snapshot_path(snappath)
+    if name is None:
+        raise InvalidArgumentError(f'{snappath!r} is not "file@snapshot"')
+    return volume, name
+
+
+def _microseconds(when: datetime) -> int:
+    """Curve's FileInfo_t.ctime unit."""
+    return int(when.timestamp() * 1e6)
 
 
 def _is_int(value: object) -> bool:

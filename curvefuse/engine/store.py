@@ -50,6 +50,7 @@ MAX_PATH_BYTES = 4096
 MAX_XATTR_VALUE = 65536  # Linux's XATTR_SIZE_MAX
 STATUS_CREATED = 0
 _COPY_PIECE = 2**20  # flatten reads its source this much at a time
+_NO_WORKER = (0, 0)  # the worker of a flatten nobody runs: pid 0 is never a process
 
 
 def encoded(text: str, what: str) -> bytes:
@@ -1269,13 +1270,26 @@ class Engine:
         return len(waiting)
 
     def _stop_flatteners(self) -> None:
+        """Stop this process's flatten threads and give their flattens up (the worker becomes
+        `_NO_WORKER`), so the clones are not busy while this process lives on and any process's
+        next `flatten` takes them up."""
         with self._flatten_lock:
-            running = list(self._flatteners.values())
+            running = dict(self._flatteners)
             self._flatteners.clear()
-        for _thread, stop in running:
+        for _thread, stop in running.values():
             stop.set()
-        for thread, _stop in running:
+        for thread, _stop in running.values():
             thread.join()
+        if running:
+            self.meta.write(lambda txn: self._give_up_flattens(txn, list(running)))
+
+    def _give_up_flattens(self, txn: lmdb.Transaction, vols: list[int]) -> None:
+        for vol in vols:
+            node = self.meta.get_node(txn, vol)
+            progress = None if node is None else node.extra.get('clone', {}).get('flatten')
+            if progress is not None and tuple(progress['worker']) == self.data.identity:
+                progress['worker'] = list(_NO_WORKER)
+                self.meta.put_node(txn, node)
 
     # -- volumes ----------------------------------------------------------------------------
 
