@@ -663,8 +663,11 @@ class DataPath:
 
     def _release_chunks(self, vol: int, releases: list[int]) -> None:
         """Chunks that now hold only zeros: their live entry goes (or becomes a tombstone where
-        an older version or the clone source would show through), then their files."""
-        with self.flush_lock:
+        an older version or the clone source would show through), then their files. Other
+        writes to the volume wait meanwhile: one deciding on the old mapping between the drop of
+        the pending state and the commit would lay its blocks over the tombstone, or into a
+        chunk this frees."""
+        with self.flush_lock, self.frozen(vol):
             with self.io_lock:
                 unflushed = self._unflushed.setdefault(vol, _Unflushed())
                 for idx in releases:

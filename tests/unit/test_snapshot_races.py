@@ -43,3 +43,41 @@ def test_a_refused_rollback_keeps_unflushed_writes(engine: Engine) -> None:
     assert reader.read(MiB, 5000) == b'fresh' * 1000
     reader.close()
     assert not fsck(engine).corruption
+
+
+@pytest.mark.parametrize('partial_committed', [False, True])
+def test_a_write_during_a_whole_chunk_zeroing_is_not_laid_over_the_snapshot(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch, partial_committed: bool) -> None:
+    """A whole chunk of zeros releases the chunk (a tombstone hides the snapshot's). Another
+    thread's small write landing between the release's decision and its commit must not end up
+    as a partial chunk over the snapshot's data (or over a chunk the release freed): the chunk
+    reads as zeros plus, at most, that write."""
+    engine.create_volume('/v', MiB)
+    handle = engine.open_volume('/v')
+    handle.write(0, b'a' * MiB)
+    handle.flush()
+    engine.create_snapshot('/v', 's')
+    if partial_committed:
+        handle.write(0, b'b' * BLOCK)
+        handle.flush()
+    real_write = engine.meta.write
+    other = threading.Thread(target=handle.write, args=(BLOCK, b'B' * BLOCK))
+
+    def write_meanwhile(fn):
+        if fn.__name__ == 'unmap' and not other.is_alive() and other.ident is None:
+            other.start()
+            other.join(0.5)  # with the release holding writes back, it waits instead
+        return real_write(fn)
+
+    monkeypatch.setattr(engine.meta, 'write', write_meanwhile)
+    handle.write(0, bytes(MiB))
+    other.join()
+    monkeypatch.setattr(engine.meta, 'write', real_write)
+    handle.flush()
+    assert other.ident is not None
+    data = handle.read(0, MiB)
+    assert data[BLOCK:2 * BLOCK] in (bytes(BLOCK), b'B' * BLOCK)
+    assert data[:BLOCK] + data[2 * BLOCK:] == bytes(MiB - BLOCK)
+    handle.close()
+    assert not fsck(engine).corruption
+    assert engine.open_snapshot('/v', 's').read(0, MiB) == b'a' * MiB
