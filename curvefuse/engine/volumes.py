@@ -206,6 +206,8 @@ class DataPath:
         self._inflight: dict[int, int] = {}  # volume -> writes between decision and bits set
         self._frozen: dict[int, tuple[int, int]] = {}  # volume -> (freezing thread, depth)
         self._unflushed: dict[int, _Unflushed] = {}
+        self._committing: set[int] = set()  # new partial chunks the flush under way may map
+        self._dropped: list[_Partial] = []  # of those, the ones a whole-chunk write replaced
         self.identity = process_identity()
         self._free_ids: Iterator[int] = iter(())
         self._cache = _SnapshotCache(-1)
@@ -632,7 +634,19 @@ class DataPath:
         partial = unflushed.partial.pop(idx)
         if partial.created:
             unflushed.written.discard(partial.chunk_id)
-            self.chunks.remove(partial.chunk_id)
+            if partial.chunk_id in self._committing:
+                self._dropped.append(partial)  # the flush under way may map it: it decides
+            else:
+                self.chunks.remove(partial.chunk_id)
+
+    def _settle_dropped(self) -> None:
+        """After a flush: the new partial chunks replaced during it go unless it mapped them
+        (a mapped one is freed by the commit of what replaced it)."""
+        with self.io_lock:
+            dropped, self._dropped, self._committing = self._dropped, [], set()
+        for partial in dropped:
+            if partial.created:
+                self.chunks.remove(partial.chunk_id)
 
     def _new_chunk_id(self) -> int:
         chunk_id = next(self._free_ids, None)
@@ -723,10 +737,13 @@ class DataPath:
     def flush(self, vol: int) -> None:
         """Make everything this process wrote to vol durable and visible to other processes."""
         with self.flush_lock:
-            for _attempt in range(_LOOKUP_ATTEMPTS):
-                if self._flush_once(vol):
-                    return
-            log.error('volume %d kept being snapshotted during a flush', vol)
+            try:
+                for _attempt in range(_LOOKUP_ATTEMPTS):
+                    if self._flush_once(vol):
+                        return
+                log.error('volume %d kept being snapshotted during a flush', vol)
+            finally:
+                self._settle_dropped()
 
     def _flush_once(self, vol: int) -> bool:
         """One flush attempt; False if a snapshot moved the volume on meanwhile (retry)."""
@@ -744,8 +761,11 @@ class DataPath:
             partials = {idx: (p, p.bits) for idx, p in unflushed.partial.items()}
             written, unflushed.written = unflushed.written, set()
             mtime_ns, grown_to = unflushed.mtime_ns, unflushed.length
-        created = set(new.values()) | {p.chunk_id for p, bits in partials.values()
-                                       if p.created and bits}
+            # New partial chunks this commit may map: one a whole-chunk write replaces meanwhile
+            # keeps its file until the flush is over (see `_drop_partial`).
+            self._committing = {p.chunk_id for p, bits in partials.values()
+                                if p.created and bits}
+        created = set(new.values()) | self._committing
         try:
             self.chunks.fsync_all(written)
             if created:

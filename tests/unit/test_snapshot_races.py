@@ -81,3 +81,31 @@ def test_a_write_during_a_whole_chunk_zeroing_is_not_laid_over_the_snapshot(
     handle.close()
     assert not fsck(engine).corruption
     assert engine.open_snapshot('/v', 's').read(0, MiB) == b'a' * MiB
+
+
+def test_a_whole_chunk_write_during_a_flush_keeps_the_partial_it_replaces(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flush is about to commit a new partial chunk when another write replaces the whole
+    chunk: the partial chunk's file must stay until no mapping names it (a crash right after
+    that flush must leave no mapping to a missing file)."""
+    engine.create_volume('/v', MiB)
+    handle = engine.open_volume('/v')
+    handle.write(0, b'a' * MiB)
+    handle.flush()
+    engine.create_snapshot('/v', 's')
+    handle.write(0, b'b' * BLOCK)  # a partial chunk over the snapshot's, not yet committed
+    real_write = engine.meta.write
+
+    def replace_the_chunk_first(fn):
+        if fn.__name__ == 'commit':
+            monkeypatch.setattr(engine.meta, 'write', real_write)
+            handle.write(0, b'c' * MiB)  # another thread, between the flush's look and commit
+        return real_write(fn)
+
+    monkeypatch.setattr(engine.meta, 'write', replace_the_chunk_first)
+    handle.flush()
+    assert not fsck(engine).corruption  # the state a crash here would leave
+    assert engine.open_snapshot('/v', 's').read(0, MiB) == b'a' * MiB
+    handle.flush()
+    assert handle.read(0, MiB) == b'c' * MiB
+    handle.close()
