@@ -775,6 +775,8 @@ class DataPath:
                 unflushed.written |= written
             raise
 
+        lost: list[int] = []
+
         def commit(txn: lmdb.Transaction) -> list[int] | None:
             node = self.meta.get_node(txn, vol)
             if node is None:
@@ -783,6 +785,7 @@ class DataPath:
                 return None  # snapshotted since the migration: go round again
             chunkmap = self.meta.db['chunkmap']
             stale = []
+            lost.clear()
             node.length = max(node.length, grown_to)
             for idx, chunk_id in new.items():
                 if idx * self.chunk_size >= node.length:
@@ -801,12 +804,14 @@ class DataPath:
                     continue
                 key = map_key(vol, idx, node.seq)
                 old = txn.get(key, db=chunkmap)
-                if old is not None:
-                    old_id, old_bits = decode_map_value(old)
-                    if old_id == partial.chunk_id and old_bits is not None:
-                        bits |= old_bits
-                    else:
-                        stale.append(self._replaced(vol, idx, (old_id, old_bits)))
+                old_id, old_bits = (0, None) if old is None else decode_map_value(old)
+                if old_id == partial.chunk_id:
+                    bits = self.full_bits if old_bits is None else bits | old_bits
+                elif not partial.created:
+                    lost.append(idx)  # replaced and freed by another process's flush: it won
+                    continue
+                elif old is not None:
+                    stale.append(self._replaced(vol, idx, (old_id, old_bits)))
                 txn.put(key, encode_map_value(partial.chunk_id,
                                               None if bits == self.full_bits else bits,
                                               self.bitmap_bytes), db=chunkmap)
@@ -816,6 +821,9 @@ class DataPath:
             return [chunk_id for chunk_id in stale if chunk_id]
 
         stale = self.meta.write(commit)
+        for idx in lost:
+            log.warning('volume %d chunk %d was replaced by another process; this process\'s '
+                        'unflushed blocks in it are lost (the other flush won)', vol, idx)
         with self.io_lock:
             if stale is None:
                 unflushed.written |= written

@@ -3,6 +3,9 @@ interleaving is forced at the exact point, and the real engine does the rest."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -108,4 +111,33 @@ def test_a_whole_chunk_write_during_a_flush_keeps_the_partial_it_replaces(
     assert engine.open_snapshot('/v', 's').read(0, MiB) == b'a' * MiB
     handle.flush()
     assert handle.read(0, MiB) == b'c' * MiB
+    handle.close()
+
+
+def test_a_partial_chunk_replaced_by_another_process_is_not_mapped_again(
+        engine: Engine, data_dir: Path, expect_logs) -> None:
+    """This process has unflushed blocks in a committed partial chunk; another process
+    replaces the whole chunk and flushes first, which frees that partial chunk. This process's
+    flush must not map the freed file again (nor free the other process's chunk): the other
+    flush won that chunk."""
+    expect_logs('was replaced by another process')
+    engine.create_volume('/v', MiB)
+    handle = engine.open_volume('/v')
+    handle.write(0, b'a' * MiB)
+    handle.flush()
+    engine.create_snapshot('/v', 's')
+    handle.write(0, b'b' * BLOCK)
+    handle.flush()  # a committed partial chunk over the snapshot's
+    handle.write(BLOCK, b'c' * BLOCK)  # more blocks in it, unflushed
+    subprocess.run([sys.executable, '-c', textwrap.dedent(f'''
+        from curvefuse.engine import Engine
+        engine = Engine.open({str(data_dir)!r})
+        handle = engine.open_volume('/v')
+        handle.write(0, b'd' * 2**20)
+        handle.close()
+        engine.close()
+    ''')], check=True)
+    handle.flush()
+    assert not fsck(engine).corruption
+    assert handle.read(0, MiB) == b'd' * MiB
     handle.close()
