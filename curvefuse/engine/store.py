@@ -1008,9 +1008,9 @@ class Engine:
             return current, [chunk_id for chunk_id in freed if chunk_id]
 
         with self.data.flush_lock:
-            self.data.discard_chunks(self.data.forget_volume(node.id))
             rolled, freed = self.meta.write(rollback)
-            self.data.discard_chunks(freed)
+            # Only once the rollback is committed: a refused one must not lose unflushed writes.
+            self.data.discard_chunks(freed + self.data.forget_volume(node.id))
         log.info('%s rolled back to %s', path, name)
         return rolled
 

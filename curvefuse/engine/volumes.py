@@ -206,6 +206,8 @@ class DataPath:
         self._inflight: dict[int, int] = {}  # volume -> writes between decision and bits set
         self._frozen: dict[int, tuple[int, int]] = {}  # volume -> (freezing thread, depth)
         self._unflushed: dict[int, _Unflushed] = {}
+        self._committing: set[int] = set()  # new partial chunks the flush under way may map
+        self._dropped: list[_Partial] = []  # of those, the ones a whole-chunk write replaced
         self.identity = process_identity()
         self._free_ids: Iterator[int] = iter(())
         self._cache = _SnapshotCache(-1)
@@ -632,7 +634,19 @@ class DataPath:
         partial = unflushed.partial.pop(idx)
         if partial.created:
             unflushed.written.discard(partial.chunk_id)
-            self.chunks.remove(partial.chunk_id)
+            if partial.chunk_id in self._committing:
+                self._dropped.append(partial)  # the flush under way may map it: it decides
+            else:
+                self.chunks.remove(partial.chunk_id)
+
+    def _settle_dropped(self) -> None:
+        """After a flush: the new partial chunks replaced during it go unless it mapped them
+        (a mapped one is freed by the commit of what replaced it)."""
+        with self.io_lock:
+            dropped, self._dropped, self._committing = self._dropped, [], set()
+        for partial in dropped:
+            if partial.created:
+                self.chunks.remove(partial.chunk_id)
 
     def _new_chunk_id(self) -> int:
         chunk_id = next(self._free_ids, None)
@@ -663,8 +677,11 @@ class DataPath:
 
     def _release_chunks(self, vol: int, releases: list[int]) -> None:
         """Chunks that now hold only zeros: their live entry goes (or becomes a tombstone where
-        an older version or the clone source would show through), then their files."""
-        with self.flush_lock:
+        an older version or the clone source would show through), then their files. Other
+        writes to the volume wait meanwhile: one deciding on the old mapping between the drop of
+        the pending state and the commit would lay its blocks over the tombstone, or into a
+        chunk this frees."""
+        with self.flush_lock, self.frozen(vol):
             with self.io_lock:
                 unflushed = self._unflushed.setdefault(vol, _Unflushed())
                 for idx in releases:
@@ -720,10 +737,13 @@ class DataPath:
     def flush(self, vol: int) -> None:
         """Make everything this process wrote to vol durable and visible to other processes."""
         with self.flush_lock:
-            for _attempt in range(_LOOKUP_ATTEMPTS):
-                if self._flush_once(vol):
-                    return
-            log.error('volume %d kept being snapshotted during a flush', vol)
+            try:
+                for _attempt in range(_LOOKUP_ATTEMPTS):
+                    if self._flush_once(vol):
+                        return
+                log.error('volume %d kept being snapshotted during a flush', vol)
+            finally:
+                self._settle_dropped()
 
     def _flush_once(self, vol: int) -> bool:
         """One flush attempt; False if a snapshot moved the volume on meanwhile (retry)."""
@@ -741,8 +761,11 @@ class DataPath:
             partials = {idx: (p, p.bits) for idx, p in unflushed.partial.items()}
             written, unflushed.written = unflushed.written, set()
             mtime_ns, grown_to = unflushed.mtime_ns, unflushed.length
-        created = set(new.values()) | {p.chunk_id for p, bits in partials.values()
-                                       if p.created and bits}
+            # New partial chunks this commit may map: one a whole-chunk write replaces meanwhile
+            # keeps its file until the flush is over (see `_drop_partial`).
+            self._committing = {p.chunk_id for p, bits in partials.values()
+                                if p.created and bits}
+        created = set(new.values()) | self._committing
         try:
             self.chunks.fsync_all(written)
             if created:
@@ -752,6 +775,8 @@ class DataPath:
                 unflushed.written |= written
             raise
 
+        lost: list[int] = []
+
         def commit(txn: lmdb.Transaction) -> list[int] | None:
             node = self.meta.get_node(txn, vol)
             if node is None:
@@ -760,6 +785,7 @@ class DataPath:
                 return None  # snapshotted since the migration: go round again
             chunkmap = self.meta.db['chunkmap']
             stale = []
+            lost.clear()
             node.length = max(node.length, grown_to)
             for idx, chunk_id in new.items():
                 if idx * self.chunk_size >= node.length:
@@ -778,12 +804,14 @@ class DataPath:
                     continue
                 key = map_key(vol, idx, node.seq)
                 old = txn.get(key, db=chunkmap)
-                if old is not None:
-                    old_id, old_bits = decode_map_value(old)
-                    if old_id == partial.chunk_id and old_bits is not None:
-                        bits |= old_bits
-                    else:
-                        stale.append(self._replaced(vol, idx, (old_id, old_bits)))
+                old_id, old_bits = (0, None) if old is None else decode_map_value(old)
+                if old_id == partial.chunk_id:
+                    bits = self.full_bits if old_bits is None else bits | old_bits
+                elif not partial.created:
+                    lost.append(idx)  # replaced and freed by another process's flush: it won
+                    continue
+                elif old is not None:
+                    stale.append(self._replaced(vol, idx, (old_id, old_bits)))
                 txn.put(key, encode_map_value(partial.chunk_id,
                                               None if bits == self.full_bits else bits,
                                               self.bitmap_bytes), db=chunkmap)
@@ -793,6 +821,9 @@ class DataPath:
             return [chunk_id for chunk_id in stale if chunk_id]
 
         stale = self.meta.write(commit)
+        for idx in lost:
+            log.warning('volume %d chunk %d was replaced by another process; this process\'s '
+                        'unflushed blocks in it are lost (the other flush won)', vol, idx)
         with self.io_lock:
             if stale is None:
                 unflushed.written |= written

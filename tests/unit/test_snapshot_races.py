@@ -1,0 +1,143 @@
+"""Snapshots, clones and rollback meeting concurrent writes, flushes and failures: each
+interleaving is forced at the exact point, and the real engine does the rest."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from curvefuse.engine import Engine
+from curvefuse.engine.fsck import fsck
+from curvefuse.errors import BusyError, NotFoundError
+
+MiB = 2**20
+BLOCK = 4096
+
+
+@pytest.fixture
+def engine(data_dir: Path):
+    opened = Engine.open(str(data_dir), create=True, chunk_size=MiB)
+    yield opened
+    opened.close()
+
+
+def test_a_refused_rollback_keeps_unflushed_writes(engine: Engine) -> None:
+    """A rollback refused (the volume is open, or no such snapshot) changes nothing: the open
+    handle's writes not yet flushed are still there and still reach the disk."""
+    engine.create_volume('/v', 2 * MiB)
+    handle = engine.open_volume('/v')
+    handle.write(0, b'old' * 1000)
+    handle.flush()
+    engine.create_snapshot('/v', 's')
+    handle.write(0, b'new' * 1000)  # a partial chunk over the snapshot's
+    handle.write(MiB, b'fresh' * 1000)  # a chunk of its own
+    with pytest.raises(NotFoundError):
+        engine.rollback('/v', 'no-such-snapshot')
+    with pytest.raises(BusyError):
+        engine.rollback('/v', 's')
+    handle.close()
+    reader = engine.open_volume('/v', writable=False)
+    assert reader.read(0, 3000) == b'new' * 1000
+    assert reader.read(MiB, 5000) == b'fresh' * 1000
+    reader.close()
+    assert not fsck(engine).corruption
+
+
+@pytest.mark.parametrize('partial_committed', [False, True])
+def test_a_write_during_a_whole_chunk_zeroing_is_not_laid_over_the_snapshot(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch, partial_committed: bool) -> None:
+    """A whole chunk of zeros releases the chunk (a tombstone hides the snapshot's). Another
+    thread's small write landing between the release's decision and its commit must not end up
+    as a partial chunk over the snapshot's data (or over a chunk the release freed): the chunk
+    reads as zeros plus, at most, that write."""
+    engine.create_volume('/v', MiB)
+    handle = engine.open_volume('/v')
+    handle.write(0, b'a' * MiB)
+    handle.flush()
+    engine.create_snapshot('/v', 's')
+    if partial_committed:
+        handle.write(0, b'b' * BLOCK)
+        handle.flush()
+    real_write = engine.meta.write
+    other = threading.Thread(target=handle.write, args=(BLOCK, b'B' * BLOCK))
+
+    def write_meanwhile(fn):
+        if fn.__name__ == 'unmap' and not other.is_alive() and other.ident is None:
+            other.start()
+            other.join(0.5)  # with the release holding writes back, it waits instead
+        return real_write(fn)
+
+    monkeypatch.setattr(engine.meta, 'write', write_meanwhile)
+    handle.write(0, bytes(MiB))
+    other.join()
+    monkeypatch.setattr(engine.meta, 'write', real_write)
+    handle.flush()
+    assert other.ident is not None
+    data = handle.read(0, MiB)
+    assert data[BLOCK:2 * BLOCK] in (bytes(BLOCK), b'B' * BLOCK)
+    assert data[:BLOCK] + data[2 * BLOCK:] == bytes(MiB - BLOCK)
+    handle.close()
+    assert not fsck(engine).corruption
+    assert engine.open_snapshot('/v', 's').read(0, MiB) == b'a' * MiB
+
+
+def test_a_whole_chunk_write_during_a_flush_keeps_the_partial_it_replaces(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flush is about to commit a new partial chunk when another write replaces the whole
+    chunk: the partial chunk's file must stay until no mapping names it (a crash right after
+    that flush must leave no mapping to a missing file)."""
+    engine.create_volume('/v', MiB)
+    handle = engine.open_volume('/v')
+    handle.write(0, b'a' * MiB)
+    handle.flush()
+    engine.create_snapshot('/v', 's')
+    handle.write(0, b'b' * BLOCK)  # a partial chunk over the snapshot's, not yet committed
+    real_write = engine.meta.write
+
+    def replace_the_chunk_first(fn):
+        if fn.__name__ == 'commit':
+            monkeypatch.setattr(engine.meta, 'write', real_write)
+            handle.write(0, b'c' * MiB)  # another thread, between the flush's look and commit
+        return real_write(fn)
+
+    monkeypatch.setattr(engine.meta, 'write', replace_the_chunk_first)
+    handle.flush()
+    assert not fsck(engine).corruption  # the state a crash here would leave
+    assert engine.open_snapshot('/v', 's').read(0, MiB) == b'a' * MiB
+    handle.flush()
+    assert handle.read(0, MiB) == b'c' * MiB
+    handle.close()
+
+
+def test_a_partial_chunk_replaced_by_another_process_is_not_mapped_again(
+        engine: Engine, data_dir: Path, expect_logs) -> None:
+    """This process has unflushed blocks in a committed partial chunk; another process
+    replaces the whole chunk and flushes first, which frees that partial chunk. This process's
+    flush must not map the freed file again (nor free the other process's chunk): the other
+    flush won that chunk."""
+    expect_logs('was replaced by another process')
+    engine.create_volume('/v', MiB)
+    handle = engine.open_volume('/v')
+    handle.write(0, b'a' * MiB)
+    handle.flush()
+    engine.create_snapshot('/v', 's')
+    handle.write(0, b'b' * BLOCK)
+    handle.flush()  # a committed partial chunk over the snapshot's
+    handle.write(BLOCK, b'c' * BLOCK)  # more blocks in it, unflushed
+    subprocess.run([sys.executable, '-c', textwrap.dedent(f'''
+        from curvefuse.engine import Engine
+        engine = Engine.open({str(data_dir)!r})
+        handle = engine.open_volume('/v')
+        handle.write(0, b'd' * 2**20)
+        handle.close()
+        engine.close()
+    ''')], check=True)
+    handle.flush()
+    assert not fsck(engine).corruption
+    assert handle.read(0, MiB) == b'd' * MiB
+    handle.close()
