@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from ..errors import IsDirectoryError, NotFoundError, OutOfRangeError
+from ..errors import IsDirectoryError, NotFoundError, OutOfRangeError, StorageError
 from .chunks import CachedFd, ChunkGone, ChunkStore, WouldBlock
 from .meta import (KIND_VOLUME, NODE_HEAD, U64, MetaStore, Node, decode_map_value,
                    encode_map_value, map_key)
@@ -475,18 +475,26 @@ class DataPath:
         taken elsewhere: under cow_lock, after a flush if the volume moved on. Only these
         come here, so the hot path pays no extra call."""
         for attempt in range(_LOOKUP_ATTEMPTS):
+            releases: list[int] = []
             try:
                 with self.cow_lock:
-                    return self._write(vol, offset, data, grow, nowait, True)
+                    written = self._write(vol, offset, data, grow, nowait, True, releases)
             except ChunkGone:
                 if attempt == _LOOKUP_ATTEMPTS - 1:
                     raise
+                continue
             except _SequenceMoved:
                 self.flush(vol)
-        return self._look_again(self._write, vol, offset, data, grow, nowait, True)
+                continue
+            if releases:  # after cow_lock: releasing takes flush_lock, which comes first
+                self._release_chunks(vol, releases)
+            return written
+        raise StorageError(f'volume {vol} kept being snapshotted under a write')
 
     def _write(self, vol: int, offset: int, data: bytes | memoryview, grow: bool,
-               nowait: bool, cow: bool) -> int:
+               nowait: bool, cow: bool, deferred: list[int] | None = None) -> int:
+        """One attempt at a write; whole chunks of zeros are released at the end, or with
+        `deferred` left to the caller (which holds cow_lock)."""
         view = memoryview(data).cast('B')
         length = len(view)
         targets: list[tuple[CachedFd, int, int, int, int, _Partial | None]] = []
@@ -541,7 +549,9 @@ class DataPath:
                     if not self._inflight[vol]:
                         del self._inflight[vol]
                         self._gate.notify_all()
-        if releases:
+        if deferred is not None:
+            deferred.extend(releases)
+        elif releases:
             self._release_chunks(vol, releases)
         return length
 
