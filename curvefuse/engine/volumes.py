@@ -817,11 +817,14 @@ class DataPath:
                 old_id, old_bits = (0, None) if old is None else decode_map_value(old)
                 if old_id == partial.chunk_id:
                     bits = self.full_bits if old_bits is None else bits | old_bits
-                elif not partial.created:
-                    lost.append(idx)  # replaced and freed by another process's flush: it won
+                elif not partial.created or old is not None:
+                    # Another process's flush replaced (and freed) our committed partial
+                    # chunk, or mapped this version of the chunk since ours was layered on
+                    # what lay below: either way what ours sits on changed, so that flush wins.
+                    lost.append(idx)
+                    if partial.created:
+                        stale.append(partial.chunk_id)
                     continue
-                elif old is not None:
-                    stale.append(self._replaced(vol, idx, (old_id, old_bits)))
                 txn.put(key, encode_map_value(partial.chunk_id,
                                               None if bits == self.full_bits else bits,
                                               self.bitmap_bytes), db=chunkmap)
@@ -831,13 +834,12 @@ class DataPath:
             return [chunk_id for chunk_id in stale if chunk_id]
 
         stale = self.meta.write(commit)
-        for idx in lost:
-            log.warning('volume %d chunk %d was replaced by another process; this process\'s '
-                        'unflushed blocks in it are lost (the other flush won)', vol, idx)
         with self.io_lock:
             if stale is None:
                 unflushed.written |= written
                 return False
+            for idx in lost:
+                self._give_way(vol, unflushed, idx, partials[idx][0])
             for idx, chunk_id in new.items():
                 if unflushed.new.get(idx) == chunk_id:
                     del unflushed.new[idx]
@@ -864,6 +866,14 @@ class DataPath:
                         'flush wins', vol, idx)
         return old[0]
 
+    @staticmethod
+    def _give_way(vol: int, unflushed: _Unflushed, idx: int, partial: _Partial) -> None:
+        """Drop unflushed blocks another process's later write has made stale (io_lock held)."""
+        if unflushed.partial.get(idx) is partial:
+            del unflushed.partial[idx]
+        log.warning('volume %d chunk %d was overwritten by another process; this process\'s '
+                    'unflushed blocks in it are dropped (the later write wins)', vol, idx)
+
     def _migrate(self, vol: int, seq: int) -> None:
         """Another process froze a committed partial chunk this process still has unflushed
         blocks in: copy those blocks to a new partial chunk at the live sequence, so the
@@ -879,6 +889,11 @@ class DataPath:
                     for block, count in block_runs(old.bits):
                         at, size = block * BLOCK_SIZE, count * BLOCK_SIZE
                         self.chunks.pwrite(entry, self.chunks.pread(old.chunk_id, size, at), at)
+                except ChunkGone:  # freed: another process overwrote the chunk since
+                    with self.io_lock:
+                        self._give_way(vol, unflushed, idx, old)
+                    self.chunks.remove(chunk_id)
+                    continue
                 finally:
                     self.chunks.release(entry)
                 with self.io_lock:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from curvefuse.engine import Engine
+from curvefuse.engine import chunks as chunks_module
 from curvefuse.engine.fsck import fsck
 from curvefuse.errors import BusyError, NotFoundError
 
@@ -120,7 +121,7 @@ def test_a_partial_chunk_replaced_by_another_process_is_not_mapped_again(
     replaces the whole chunk and flushes first, which frees that partial chunk. This process's
     flush must not map the freed file again (nor free the other process's chunk): the other
     flush won that chunk."""
-    expect_logs('was replaced by another process')
+    expect_logs('was overwritten by another process')
     engine.create_volume('/v', MiB)
     handle = engine.open_volume('/v')
     handle.write(0, b'a' * MiB)
@@ -195,4 +196,48 @@ def test_a_shrink_and_a_copy_on_write_that_frees_a_chunk_do_not_deadlock(
     reader.close()
     assert data == b'y' * BLOCK + b'x' * (chunk - BLOCK - 100) + bytes(100 + chunk) + \
         b'y' * BLOCK + b'x' * BLOCK
+    assert fsck(engine).clean
+
+
+@pytest.mark.parametrize('still_open', [True, False], ids=['fd-cached', 'fd-evicted'])
+def test_unflushed_blocks_in_a_chunk_another_process_freed_give_way(
+        engine: Engine, data_dir: Path, expect_logs, monkeypatch: pytest.MonkeyPatch,
+        still_open: bool) -> None:
+    """This process has unflushed blocks in a partial chunk; another process snapshots the
+    volume, overwrites that whole chunk and deletes the snapshot, which frees the partial chunk.
+    The later whole-chunk write wins: this process's flush drops its stale blocks instead of
+    failing for ever or laying them over the other write (whether or not this process still
+    holds the freed chunk's descriptor)."""
+    expect_logs('overwritten by another process')
+    if not still_open:
+        monkeypatch.setattr(chunks_module, '_FD_CACHE_SIZE', 1)
+    engine.create_volume('/v', MiB)
+    handle = engine.open_volume('/v')
+    handle.write(0, b'o' * MiB)
+    handle.flush()
+    engine.create_snapshot('/v', 's1')
+    handle.write(0, b'a' * BLOCK)
+    handle.flush()  # a committed partial chunk
+    handle.write(8 * BLOCK, b'b' * BLOCK)  # unflushed blocks in it
+    subprocess.run([sys.executable, '-c', textwrap.dedent('''
+        import sys, curvefuse
+        with curvefuse.open_store(sys.argv[1]) as store:
+            store.snapshot('/v', 's2')
+            with store.open('/v', 'r+b') as vol:
+                vol.pwrite(b'Z' * 2**20, 0)
+            store.delete_snapshot('/v', 's2')
+        '''), str(data_dir)], check=True, timeout=60)
+    if not still_open:
+        snapshot = engine.open_snapshot('/v', 's1')
+        snapshot.read(0, BLOCK)  # its chunk takes the one cached descriptor
+        snapshot.close()
+    handle.flush()
+    handle.close()
+    reader = engine.open_volume('/v')
+    assert reader.read(0, MiB) == b'Z' * MiB
+    reader.close()
+    snapshot = engine.open_snapshot('/v', 's1')
+    assert snapshot.read(0, MiB) == b'o' * MiB
+    snapshot.close()
+    engine.delete_snapshot('/v', 's1')
     assert fsck(engine).clean
