@@ -87,9 +87,17 @@ class RestCode(enum.IntEnum):
 
     @property
     def http_status(self) -> int:
-        """The reference's HTTP status: 200 for success, 400 for a bad request, else 500."""
-        return 200 if self is RestCode.SUCCESS else 400 if self is RestCode.BAD_REQUEST else 500
+        """200 for success, 500 for the server's own failures, 400 for everything the request
+        caused. Curve's table answers 500 for all but -5; curvefuse keeps 500 for faults of its
+        own, as HTTP means it (clients and proxies retry a 500), and the codes are Curve's."""
+        if self is RestCode.SUCCESS:
+            return 200
+        return 500 if self in _SERVER_FAULTS else 400
 
+
+_SERVER_FAULTS = frozenset({RestCode.INTERNAL, RestCode.SERVER_INIT_FAIL,
+                            RestCode.SERVER_START_FAIL, RestCode.SERVICE_IS_STOP,
+                            RestCode.TASK_IS_FULL})
 
 #: Curve's `code2Msg` (src/common/snapshotclone/snapshotclone_define.cpp), spelling included:
 #: clients may compare these strings.

@@ -67,12 +67,14 @@ class RestClient:
         return body
 
 
-#: Code -> (Message, HTTP status), straight from the reference's table (not from our code).
+#: Code -> (Message, HTTP status). Messages straight from the reference's table; the status is
+#: 500 only for the server's own failure (-1): for the codes a request causes, the reference's
+#: table says 500 but the issue says never a 500 for the client's mistake, so 400.
 REFERENCE = {
     -1: ('Internal error.', 500), -5: ('BadRequest:"Invalid request."', 400),
-    -7: ('Invalid user.', 500), -8: ('File not exist.', 500), -9: ('File status invalid.', 500),
-    -19: ('File exist.', 500), -21: ('Not support.', 500), -22: ('File is under snapshot.', 500),
-    -23: ('File is occupied.', 500), -24: ('Invalid argument.', 500),
+    -7: ('Invalid user.', 400), -8: ('File not exist.', 400), -9: ('File status invalid.', 400),
+    -19: ('File exist.', 400), -21: ('Not support.', 400), -22: ('File is under snapshot.', 400),
+    -23: ('File is occupied.', 400), -24: ('Invalid argument.', 400),
 }
 
 

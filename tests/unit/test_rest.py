@@ -4,7 +4,8 @@ The server is the real one (hypercorn's trio worker on a loopback socket the OS 
 thread of the test process; requests go over TCP with urllib. Codes are the reference's
 (`snapshotclone-rest-api.md`): 0 success (200), -5 bad request (400), and for errors found in
 the store -7 invalid user, -8 not exist, -9 status invalid, -19 exists, -21 not supported,
--22 under snapshot, -23 occupied, -24 invalid argument (500, as the reference's table says).
+-22 under snapshot, -23 occupied, -24 invalid argument (400: never a 500 for the client's
+mistake), and -1 internal (500).
 """
 
 from __future__ import annotations
