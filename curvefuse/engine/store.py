@@ -138,6 +138,13 @@ def _privileged(user: str | None) -> bool:
     return user is None or user == ROOT_USER
 
 
+def _new_owner(owner: str | None, user: str | None) -> str:
+    """Who owns a new entry: the given owner, else the user asking, else root."""
+    owner = owner if owner is not None else (user or ROOT_USER)
+    check_user(owner)
+    return owner
+
+
 def _check_owner(node: Node, user: str | None) -> None:
     if _privileged(user):
         return
@@ -470,25 +477,25 @@ class Engine:
 
     def _new_entry(self, path: str, user: str | None, kind: int, length: int,
                    owner: str | None, posix: dict[str, int] | None = None) -> Node:
-        owner = owner if owner is not None else (user or ROOT_USER)
-        check_user(owner)
+        owner = _new_owner(owner, user)
+        return self.meta.write(
+            lambda txn: self._add_node(txn, path, user, kind, length, owner, dict(posix or {})))
 
-        def create(txn: lmdb.Transaction) -> Node:
-            found = self._resolve(txn, path, user)
-            if found.node is not None:
-                raise ExistsError(f'{path} exists')
-            if found.parent.id == RECYCLE_ID:
-                raise NotSupportedError('nothing can be created inside /RecycleBin')
-            now = time.time_ns()
-            node = Node(self.meta.next_id(txn, 'node'), kind, STATUS_CREATED, found.parent.id,
-                        length, 1, now, now, now, name=found.name, owner=owner,
-                        extra=dict(posix or {}))
-            self.meta.put_node(txn, node)
-            self.meta.link(txn, found.parent.id, found.name, node.id)
-            self._touch(txn, found.parent, now)
-            return node
-
-        return self.meta.write(create)
+    def _add_node(self, txn: lmdb.Transaction, path: str, user: str | None, kind: int,
+                  length: int, owner: str, extra: dict[str, Any]) -> Node:
+        """Make and link a new node at path, which must be free (inside a write)."""
+        found = self._resolve(txn, path, user)
+        if found.node is not None:
+            raise ExistsError(f'{path} exists')
+        if found.parent.id == RECYCLE_ID:
+            raise NotSupportedError('nothing can be created inside /RecycleBin')
+        now = time.time_ns()
+        node = Node(self.meta.next_id(txn, 'node'), kind, STATUS_CREATED, found.parent.id,
+                    length, 1, now, now, now, name=found.name, owner=owner, extra=extra)
+        self.meta.put_node(txn, node)
+        self.meta.link(txn, found.parent.id, found.name, node.id)
+        self._touch(txn, found.parent, now)
+        return node
 
     def mkdir(self, path: str, user: str | None = None, owner: str | None = None,
               posix: dict[str, int] | None = None) -> Node:
@@ -1058,29 +1065,17 @@ class Engine:
         """A new volume at dest with the snapshot's content, at once: it reads its source for
         every block it has not written (until `flatten`). The snapshot must be protected."""
         check_snapshot_name(name)
-        owner = owner if owner is not None else (user or ROOT_USER)
-        check_user(owner)
+        owner = _new_owner(owner, user)
 
         def clone(txn: lmdb.Transaction) -> Node:
             source = self._volume(txn, path, user)
             snap = self._snapshot_record(txn, source, name, path)
             if not snap.protected:
                 raise NotProtectedError(f'{path}@{name} is not protected; protect it to clone')
-            target = self._resolve(txn, dest, user)
-            if target.node is not None:
-                raise ExistsError(f'{dest} exists')
-            if target.parent.id == RECYCLE_ID:
-                raise NotSupportedError('nothing can be created inside /RecycleBin')
-            now = time.time_ns()
             extra: dict[str, Any] = dict(posix or {})
             extra['clone'] = {'vol': source.id, 'seq': snap.seq, 'length': snap.length,
                               'snapshot': name, 'readonly': bool(readonly)}
-            node = Node(self.meta.next_id(txn, 'node'), KIND_VOLUME, STATUS_CREATED,
-                        target.parent.id, snap.length, 1, now, now, now, name=target.name,
-                        owner=owner, extra=extra)
-            self.meta.put_node(txn, node)
-            self.meta.link(txn, target.parent.id, target.name, node.id)
-            self._touch(txn, target.parent, now)
+            node = self._add_node(txn, dest, user, KIND_VOLUME, snap.length, owner, extra)
             self._put_snapshot(txn, replace(snap, children=snap.children + (node.id,)))
             return node
 
