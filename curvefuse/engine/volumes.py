@@ -566,17 +566,24 @@ class DataPath:
         exact = self._exact(txn, cache, vol, idx, seq)
         if exact is not None and exact[1] is None and exact[0]:  # a full chunk of this version
             return self._in_place(exact[0], in_chunk, n, piece, nowait)
-        if exact is not None and exact[1] is not None:
-            partial = unflushed.partial.get(idx)
-            have = exact[1] | (partial.bits if partial is not None and partial.seq == seq else 0)
-            if block_mask(in_chunk, n) & ~have == 0:
-                # Blocks this version's partial chunk already holds: in place, the hot path.
-                return self.chunks.acquire(exact[0]), exact[0], in_chunk, n, None
+        committed = exact[1] if exact is not None and exact[1] is not None else 0
+        partial = unflushed.partial.get(idx)
+        if partial is not None:
+            if partial.seq != seq:
+                raise WouldBlock() if nowait else _SequenceMoved()
+            if not partial.created and (not committed or exact[0] != partial.chunk_id):
+                self._give_way(vol, unflushed, idx, partial)  # replaced by another process
+                partial = None
+        target, have = (exact[0], committed) if committed else (0, 0)
+        if partial is not None:  # its bits add to the committed ones of the same chunk
+            have = partial.bits | (have if target == partial.chunk_id else 0)
+            target = partial.chunk_id
+        wanted = block_mask(in_chunk, n)
+        if wanted & ~have == 0:
+            # Blocks this version's partial chunk already holds: in place, the hot path.
+            return self.chunks.acquire(target), target, in_chunk, n, None
         if nowait:
             raise WouldBlock()  # a new chunk, or copy-on-write
-        partial = unflushed.partial.get(idx)
-        if partial is not None and partial.seq != seq:
-            raise _SequenceMoved()
         below = self._mapped(txn, cache, vol, idx, seq)
         nothing_below = partial is None and below is None
         if n == self.chunk_size or nothing_below:
@@ -591,12 +598,6 @@ class DataPath:
             entry = self.chunks.acquire(chunk_id, create=True)
             unflushed.new[idx] = chunk_id
             return entry, chunk_id, in_chunk, n, None
-        committed = exact[1] if exact is not None and exact[1] is not None else 0
-        have = committed | (partial.bits if partial is not None else 0)
-        wanted = block_mask(in_chunk, n)
-        if wanted & ~have == 0:  # every block already belongs to this version's partial chunk
-            chunk_id = partial.chunk_id if partial is not None else exact[0]
-            return self.chunks.acquire(chunk_id), chunk_id, in_chunk, n, None
         if not cow:
             raise _NeedsCow()
         if partial is None:

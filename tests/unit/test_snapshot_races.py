@@ -241,3 +241,35 @@ def test_unflushed_blocks_in_a_chunk_another_process_freed_give_way(
     snapshot.close()
     engine.delete_snapshot('/v', 's1')
     assert fsck(engine).clean
+
+
+def test_a_write_after_another_process_zeroed_the_chunk_lands(
+        engine: Engine, data_dir: Path, expect_logs) -> None:
+    """This process has unflushed blocks in a committed partial chunk; another process zeroes
+    the whole chunk (a tombstone over the snapshot's data, the partial chunk freed). The next
+    write here starts afresh on the zeros instead of going into the freed chunk and being lost
+    at the flush."""
+    expect_logs('overwritten by another process')
+    engine.create_volume('/v', MiB)
+    handle = engine.open_volume('/v')
+    handle.write(0, b'o' * MiB)
+    handle.flush()
+    engine.create_snapshot('/v', 's')
+    handle.write(0, b'a' * BLOCK)
+    handle.flush()  # a committed partial chunk
+    handle.write(8 * BLOCK, b'b' * BLOCK)  # unflushed blocks in it
+    subprocess.run([sys.executable, '-c', textwrap.dedent('''
+        import sys, curvefuse
+        with curvefuse.open_store(sys.argv[1]) as store:
+            with store.open('/v', 'r+b') as vol:
+                vol.pwrite(bytes(2**20), 0)
+        '''), str(data_dir)], check=True, timeout=60)
+    handle.write(16 * BLOCK, b'c' * BLOCK)
+    handle.flush()
+    assert handle.read(0, MiB) == bytes(16 * BLOCK) + b'c' * BLOCK + bytes(MiB - 17 * BLOCK)
+    handle.close()
+    snapshot = engine.open_snapshot('/v', 's')
+    assert snapshot.read(0, MiB) == b'o' * MiB
+    snapshot.close()
+    engine.delete_snapshot('/v', 's')
+    assert fsck(engine).clean
