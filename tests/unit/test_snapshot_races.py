@@ -199,6 +199,20 @@ def test_a_shrink_and_a_copy_on_write_that_frees_a_chunk_do_not_deadlock(
     assert fsck(engine).clean
 
 
+def unflushed_blocks_over_a_snapshot(engine: Engine, snapshot: str):
+    """/v, 1 MiB of b'o' frozen as `snapshot`, open with block 0 (b'a') in a committed partial
+    chunk over the snapshot's and block 8 (b'b') unflushed in that same chunk."""
+    engine.create_volume('/v', MiB)
+    handle = engine.open_volume('/v')
+    handle.write(0, b'o' * MiB)
+    handle.flush()
+    engine.create_snapshot('/v', snapshot)
+    handle.write(0, b'a' * BLOCK)
+    handle.flush()
+    handle.write(8 * BLOCK, b'b' * BLOCK)
+    return handle
+
+
 @pytest.mark.parametrize('still_open', [True, False], ids=['fd-cached', 'fd-evicted'])
 def test_unflushed_blocks_in_a_chunk_another_process_freed_give_way(
         engine: Engine, data_dir: Path, expect_logs, monkeypatch: pytest.MonkeyPatch,
@@ -211,14 +225,7 @@ def test_unflushed_blocks_in_a_chunk_another_process_freed_give_way(
     expect_logs('overwritten by another process')
     if not still_open:
         monkeypatch.setattr(chunks_module, '_FD_CACHE_SIZE', 1)
-    engine.create_volume('/v', MiB)
-    handle = engine.open_volume('/v')
-    handle.write(0, b'o' * MiB)
-    handle.flush()
-    engine.create_snapshot('/v', 's1')
-    handle.write(0, b'a' * BLOCK)
-    handle.flush()  # a committed partial chunk
-    handle.write(8 * BLOCK, b'b' * BLOCK)  # unflushed blocks in it
+    handle = unflushed_blocks_over_a_snapshot(engine, 's1')
     subprocess.run([sys.executable, '-c', textwrap.dedent('''
         import sys, curvefuse
         with curvefuse.open_store(sys.argv[1]) as store:
@@ -250,14 +257,7 @@ def test_a_write_after_another_process_zeroed_the_chunk_lands(
     write here starts afresh on the zeros instead of going into the freed chunk and being lost
     at the flush."""
     expect_logs('overwritten by another process')
-    engine.create_volume('/v', MiB)
-    handle = engine.open_volume('/v')
-    handle.write(0, b'o' * MiB)
-    handle.flush()
-    engine.create_snapshot('/v', 's')
-    handle.write(0, b'a' * BLOCK)
-    handle.flush()  # a committed partial chunk
-    handle.write(8 * BLOCK, b'b' * BLOCK)  # unflushed blocks in it
+    handle = unflushed_blocks_over_a_snapshot(engine, 's')
     subprocess.run([sys.executable, '-c', textwrap.dedent('''
         import sys, curvefuse
         with curvefuse.open_store(sys.argv[1]) as store:
