@@ -144,59 +144,64 @@ def test_a_partial_chunk_replaced_by_another_process_is_not_mapped_again(
     handle.close()
 
 
-def test_a_shrink_and_a_copy_on_write_that_frees_a_chunk_do_not_deadlock(
-        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_shrink_and_a_copy_on_write_that_frees_a_chunk_do_not_deadlock(data_dir: Path) -> None:
     """A write that copies on write (cow_lock) and zeroes a whole chunk frees that chunk
     (flush_lock) only after letting cow_lock go, so a shrink, which holds flush_lock while its
-    tail copies on write, cannot wait on it in a circle."""
-    chunk = MiB
-    engine.create_volume('/v', 3 * chunk)
-    handle = engine.open_volume('/v')
-    handle.write(0, b'x' * 3 * chunk)
-    handle.flush()
-    engine.create_snapshot('/v', 's')
-    for idx in range(3):
-        handle.write(idx * chunk, b'y' * BLOCK)  # partial chunks over the snapshot's
-    handle.flush()
-    handle.close()
-    engine.delete_snapshot('/v', 's')  # the old chunks stay: the partials show through to them
+    tail copies on write, cannot wait on it in a circle. In a child process, so a deadlock is a
+    timeout and a clean failure, not a hung test run."""
+    result = subprocess.run([sys.executable, '-c', textwrap.dedent('''
+        import sys, threading
+        from curvefuse.engine import Engine
+        from curvefuse.engine.fsck import fsck
+        chunk, block = 2**20, 4096
+        engine = Engine.open(sys.argv[1], create=True, chunk_size=chunk)
+        engine.create_volume('/v', 3 * chunk)
+        handle = engine.open_volume('/v')
+        handle.write(0, b'x' * 3 * chunk)
+        handle.flush()
+        engine.create_snapshot('/v', 's')
+        for idx in range(3):
+            handle.write(idx * chunk, b'y' * block)  # partial chunks over the snapshot's
+        handle.flush()
+        handle.close()
+        engine.delete_snapshot('/v', 's')  # the old chunks stay: the partials read through
 
-    releasing = threading.Event()
-    release_chunks = engine.data._release_chunks
+        releasing, shrink_started = threading.Event(), threading.Event()
+        release_chunks = engine.data._release_chunks
 
-    def release_after_the_shrink_began(vol: int, releases: list[int]) -> None:
-        releasing.set()
-        shrink_started.wait(10)
-        threading.Event().wait(0.3)  # the shrink takes flush_lock and reaches its tail write
-        release_chunks(vol, releases)
+        def release_after_the_shrink_began(vol, releases):
+            releasing.set()
+            shrink_started.wait(10)
+            threading.Event().wait(0.3)  # the shrink takes flush_lock, reaches its tail write
+            release_chunks(vol, releases)
 
-    monkeypatch.setattr(engine.data, '_release_chunks', release_after_the_shrink_began)
-    shrink_started = threading.Event()
+        engine.data._release_chunks = release_after_the_shrink_began
 
-    def write() -> None:  # copy-on-write in chunk 0's last block, then chunk 1 all zeros
-        writer = engine.open_volume('/v')
-        try:
+        def write():  # copy-on-write in chunk 0's last block, then chunk 1 all zeros
+            writer = engine.open_volume('/v')
             writer.write(chunk - 100, bytes(100 + chunk))
-        finally:
             writer.close()
 
-    def shrink() -> None:
-        releasing.wait(10)
-        shrink_started.set()
-        engine.resize('/v', 2 * chunk + 2 * BLOCK, allow_shrink=True)
+        def shrink():
+            releasing.wait(10)
+            shrink_started.set()
+            engine.resize('/v', 2 * chunk + 2 * block, allow_shrink=True)
 
-    threads = [threading.Thread(target=fn, daemon=True) for fn in (write, shrink)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(15)
-    assert not any(thread.is_alive() for thread in threads), 'deadlocked'
-    reader = engine.open_volume('/v')
-    data = reader.read(0, 2 * chunk + 2 * BLOCK)
-    reader.close()
-    assert data == b'y' * BLOCK + b'x' * (chunk - BLOCK - 100) + bytes(100 + chunk) + \
-        b'y' * BLOCK + b'x' * BLOCK
-    assert fsck(engine).clean
+        threads = [threading.Thread(target=fn) for fn in (write, shrink)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        reader = engine.open_volume('/v')
+        data = reader.read(0, 2 * chunk + 2 * block)
+        reader.close()
+        assert data == (b'y' * block + b'x' * (chunk - block - 100) + bytes(100 + chunk) +
+                        b'y' * block + b'x' * block)
+        assert fsck(engine).clean
+        engine.close()
+        print('done')
+        '''), str(data_dir)], capture_output=True, text=True, timeout=30)
+    assert result.stdout.strip() == 'done', result.stderr
 
 
 def unflushed_blocks_over_a_snapshot(engine: Engine, snapshot: str):
