@@ -1292,8 +1292,16 @@ class Engine:
                     writable: bool = True) -> 'VolumeHandle':
         with self.meta.read() as txn:
             node = self._existing(txn, path, user)
+        return self._handle(node, writable)
+
+    def open_node(self, node_id: int, writable: bool = True) -> 'VolumeHandle':
+        """A handle on a volume by id, with no owner checks (the mount)."""
+        return self._handle(self.node(node_id), writable)
+
+    def _handle(self, node: Node, writable: bool) -> 'VolumeHandle':
+        """A read-only clone opens, but its handle refuses writes (Curve's READONLY)."""
         if node.is_dir:
-            raise IsDirectoryError(f'{path} is a directory')
+            raise IsDirectoryError(f'{node.name} is a directory')
         return VolumeHandle(self, node.id, writable and not _read_only_clone(node))
 
     def allocated_bytes(self, path: str, user: str | None = None) -> int:

@@ -287,10 +287,11 @@ class CurveOperations(pyfuse3.Operations):
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         if writable:
             self._check_writable()
-            clone = self.engine.clone_state(node.id)
-            if clone is not None and clone.readonly:
-                raise ReadOnlyError(f'{node.name} is a read-only clone')
-        return self._new_file(VolumeHandle(self.engine, node.id, writable))
+        handle = self.engine.open_node(node.id, writable)
+        if writable and not handle.writable:  # POSIX says so at open: EROFS
+            handle.close()
+            raise ReadOnlyError(f'{node.name} is a read-only clone')
+        return self._new_file(handle)
 
     def _new_file(self, handle: VolumeHandle) -> pyfuse3.FileInfo:
         fh = self._new_fh()
