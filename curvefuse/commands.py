@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import diff
 from .api import Entry, Store, parse_size, snapshot_spec
-from .engine import BLOCK_SIZE, RECYCLE_NAME, CloneState
+from .engine import BLOCK_SIZE, RECYCLE_NAME, CloneState, join_path
 from .engine.chunks import data_runs
 from .engine.store import split_snapshot_path
 from .errors import EngineError, InvalidArgumentError, NotFoundError, ProtectedError
@@ -37,9 +37,6 @@ def human(size: int) -> str:
         size /= 1024
     raise AssertionError('unreachable')
 
-
-def _join(parent: str, name: str) -> str:
-    return parent.rstrip('/') + '/' + name
 
 
 def describe(store: Store, entry: Entry, path: str) -> dict[str, Any]:
@@ -99,7 +96,8 @@ def ls(args: argparse.Namespace, store: Store) -> int:
     if not store.stat(path).is_dir:
         rows = [describe(store, store.stat(path), path)]
     else:
-        rows = [describe(store, entry, _join(path, entry.name)) for entry in store.listdir(path)]
+        rows = [describe(store, entry, join_path(path, entry.name))
+                for entry in store.listdir(path)]
     if args.format == 'json' or args.long:
         _print(args, rows, ['type', 'length', 'allocated', 'owner', 'status', 'modified',
                             'name'])
@@ -153,7 +151,7 @@ def _walk_volumes(store: Store, path: str) -> Iterator[str]:
         yield path
         return
     for child in store.listdir(path):
-        yield from _walk_volumes(store, _join(path, child.name))
+        yield from _walk_volumes(store, join_path(path, child.name))
 
 
 def du(args: argparse.Namespace, store: Store) -> int:

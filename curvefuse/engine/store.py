@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 ROOT_USER = 'root'
 DEFAULT_ROOT_PASSWORD = 'root_password'  # Curve's mds.conf default
 RECYCLE_NAME = 'RecycleBin'
-DEFAULT_CHUNK_SIZE = 16 * 2**20  # Curve's; fewer fsyncs per flush than 4 MiB, measured by scripts/bench
+DEFAULT_CHUNK_SIZE = 16 * 2**20  # Curve's; fewer fsyncs per flush than 4 MiB (scripts/bench)
 BLOCK_SIZE = 4096
 MAX_VOLUME_LENGTH = 2**50  # 1 PiB
 MAX_NAME_BYTES = 255
@@ -78,6 +78,11 @@ def split_path(path: object) -> list[str]:
     for part in parts:
         check_name(part, path)
     return parts
+
+
+def join_path(directory: str, name: str) -> str:
+    """The path of `name` inside directory ("/" included)."""
+    return directory.rstrip('/') + '/' + name
 
 
 def check_name(name: str, context: str | None = None) -> None:

@@ -27,7 +27,8 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from ..engine import RECYCLE_ID, ROOT_ID, Engine, Node, VolumeHandle, WouldBlock
+from ..engine import (RECYCLE_ID, ROOT_ID, Engine, Node, VolumeHandle, WouldBlock,
+                      join_path)
 from ..errors import EngineError, ExistsError, ReadOnlyError, codes_for
 from .inodes import DEFAULT_MODES, entry_attributes, inode_of, node_of
 from .snapshots import SNAPSHOT_DIR, SnapshotTree, sets_time_to_now
@@ -102,7 +103,7 @@ class CurveOperations(pyfuse3.Operations):
         base = self.engine.path_of(node_of(parent_inode))
         if name is None:
             return base
-        return base.rstrip('/') + '/' + _name(name)
+        return join_path(base, _name(name))
 
     def _check_writable(self) -> None:
         if self.read_only:

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine import MAX_VOLUME_LENGTH, Engine, Node, SnapshotInfo, split_path
+from ..engine import (MAX_VOLUME_LENGTH, Engine, Node, SnapshotInfo, join_path,
+                      split_path)
 from ..engine.store import check_snapshot_name, check_user
 from ..errors import (BadRequestError, ExistsError, InvalidArgumentError, NotFoundError,
                       NotSupportedError)
@@ -160,9 +161,6 @@ def file_info(engine: Engine, path: str, node: Node) -> Fields:
     }
 
 
-def _join(directory: str, name: str) -> str:
-    return directory.rstrip('/') + '/' + name
-
 
 @action('CreateFile')
 def create_file(engine: Engine, req: Request) -> Fields:
@@ -211,7 +209,7 @@ def list_file(engine: Engine, req: Request) -> Fields:
         entries = [(file, engine.stat(file, user))]
     else:
         nodes = engine.listdir(directory, None if directory == '/' else user)
-        entries = [(_join(directory, node.name), node) for node in nodes]
+        entries = [(join_path(directory, node.name), node) for node in nodes]
     return {'TotalCount': len(entries),
             'FileInfos': [file_info(engine, path, node) for path, node in entries[page]]}
 
