@@ -43,11 +43,11 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from . import DEFAULT_DATA_DIR
-from .api import Store, Volume, open_store
-from .engine import BLOCK_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_ROOT_PASSWORD, split_snapshot_path
+from .api import Store, Volume, open_store, snapshot_spec
+from .engine import BLOCK_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_ROOT_PASSWORD
 from .engine.store import encoded
-from .errors import (AccessError, BadHandleError, CurveCode, EngineError, InvalidArgumentError, NotAlignedError,
-                     codes_for)
+from .errors import (AccessError, BadHandleError, CurveCode, EngineError, InvalidArgumentError,
+                     NotAlignedError, codes_for)
 
 log = logging.getLogger(__name__)
 T = TypeVar('T')
@@ -343,7 +343,7 @@ class CBDClient:
 
     @_returns_code
     def CreateSnapshot(self, snappath: str, user: UserInfo_t) -> int:  # noqa: N802
-        self._as(user).snapshot(*_split_snappath(snappath))
+        self._as(user).snapshot(*snapshot_spec(snappath))
         return 0
 
     @_returns_code
@@ -353,17 +353,17 @@ class CBDClient:
 
     @_returns_code
     def DeleteSnapshot(self, snappath: str, user: UserInfo_t) -> int:  # noqa: N802
-        self._as(user).delete_snapshot(*_split_snappath(snappath))
+        self._as(user).delete_snapshot(*snapshot_spec(snappath))
         return 0
 
     @_returns_code
     def ProtectSnapshot(self, snappath: str, user: UserInfo_t) -> int:  # noqa: N802
-        self._as(user).protect(*_split_snappath(snappath))
+        self._as(user).protect(*snapshot_spec(snappath))
         return 0
 
     @_returns_code
     def UnprotectSnapshot(self, snappath: str, user: UserInfo_t) -> int:  # noqa: N802
-        self._as(user).unprotect(*_split_snappath(snappath))
+        self._as(user).unprotect(*snapshot_spec(snappath))
         return 0
 
     @_returns_code
@@ -371,7 +371,7 @@ class CBDClient:
               readonly: bool = False) -> int:
         if type(readonly) is not bool:
             raise InvalidArgumentError('readonly must be True or False')
-        volume, name = _split_snappath(snappath)
+        volume, name = snapshot_spec(snappath)
         self._as(user).clone(volume, name, dstpath, readonly=readonly)
         return 0
 
@@ -396,19 +396,8 @@ class CBDClient:
     @_returns_code
     def Rollback(self, snappath: str, user: UserInfo_t) -> int:  # noqa: N802
         """The volume gets the snapshot's content and length back (not in Curve)."""
-        self._as(user).rollback(*_split_snappath(snappath))
+        self._as(user).rollback(*snapshot_spec(snappath))
         return 0
-
-
-def _split_snappath(snappath: object) -> tuple[str, str]:
-    """Curve's "/vol@snap" as (volume path, snapshot name); -16 for anything else."""
-    if not isinstance(snappath, str):
-        raise InvalidArgumentError(f'the snapshot path must be a string, not '
-                                   f'{type(snappath).__name__}')
-    volume, name = split_snapshot_path(snappath)
-    if name is None:
-        raise InvalidArgumentError(f'{snappath!r} is not "file@snapshot"')
-    return volume, name
 
 
 def _microseconds(when: datetime) -> int:
