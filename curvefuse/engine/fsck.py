@@ -57,7 +57,8 @@ class FsckReport:
         state = ('clean' if self.clean else
                  f'{len(self.corruption)} corruption(s), {len(self.leaks)} leak(s)')
         return (f'{self.directories} directories, {self.volumes} volumes, {self.snapshots} '
-                f'snapshots, {self.chunks} chunks: {state}' + (f'; repaired {len(self.repaired)}' if self.repaired else ''))
+                f'snapshots, {self.chunks} chunks: {state}' +
+                (f'; repaired {len(self.repaired)}' if self.repaired else ''))
 
 
 #: progress(done, total): chunk map entries checked so far, of all of them

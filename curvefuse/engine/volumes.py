@@ -134,6 +134,11 @@ class _Unflushed:
                     any(p.bits for p in self.partial.values()))
 
 
+#: Where a piece of a write goes: (pinned chunk, chunk id, offset in it, size, the partial chunk
+#: whose bits the write sets).
+_Target = tuple[CachedFd, int, int, int, _Partial | None]
+
+
 class _NeedsCow(Exception):
     """A piece of a write starts or extends a partial chunk: redo the write under cow_lock."""
 
@@ -557,7 +562,7 @@ class DataPath:
 
     def _place(self, txn: lmdb.Transaction, cache: '_SnapshotCache', vol: int, seq: int,
                unflushed: _Unflushed, idx: int, in_chunk: int, n: int, piece: memoryview,
-               nowait: bool, cow: bool) -> tuple[CachedFd, int, int, int, _Partial | None] | str | None:
+               nowait: bool, cow: bool) -> _Target | str | None:
         """Where one piece of a write goes: (pinned chunk, chunk id, offset, size, the partial
         whose bits it sets), 'release' (a whole chunk of zeros), or None (nothing to write)."""
         chunk_id = unflushed.new.get(idx)
